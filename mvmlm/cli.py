@@ -1,0 +1,59 @@
+"""The ``mvmlm`` umbrella command: ``mvmlm <command> [--config FILE] [key=value ...]``.
+
+Each command is a module exposing ``main(argv)``; it is imported only when run, so ``mvmlm --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mvmlm.config import ConfigError
+
+__all__ = ["COMMANDS", "main", "run_command"]
+
+#: command -> (module with ``main(argv)``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("mvmlm.info", "package versions and whether CUDA, mamba-ssm kernels and vLLM are usable"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+    return (
+        "usage: mvmlm <command> [--config FILE] [key=value ...]\n\n"
+        f"commands:\n{rows}\n\n`mvmlm <command> --help` explains a command and lists its config keys."
+    )
+
+
+def run_command(entry: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``main`` turning user errors (bad config, missing files) into a message and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        entry(None if argv is None else list(argv))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``argv[0]`` to its command module."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"mvmlm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    sys.argv = [f"mvmlm {name}", *rest]
+    return run_command(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

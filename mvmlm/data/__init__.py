@@ -1,0 +1,1 @@
+"""Data layer: canonical table, native-dataset adapters, DICOM decoding, preprocessing cache, exams."""

@@ -1,0 +1,79 @@
+"""Native dataset adapters: each turns one dataset's own download layout into the canonical image table.
+
+``mvmlm tables --source vindr --root DIR --out table.parquet``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mvmlm.config import MISSING, load_config
+from mvmlm.data import schema
+
+__all__ = ["SOURCES", "SourceError", "read_source", "register_source", "main"]
+
+log = logging.getLogger(__name__)
+
+#: source name -> module that registers it (imported on first use)
+SOURCE_MODULES = {name: f"mvmlm.data.sources.{name}" for name in ("vindr", "rsna", "cmmd", "cbis_ddsm", "embed")}
+SOURCES: dict[str, Callable[..., pd.DataFrame]] = {}
+
+
+class SourceError(ValueError):
+    """A native dataset is incomplete or malformed (the message names the file, row and column)."""
+
+
+def register_source(name: str):
+    """Register ``fn(root, **options) -> canonical table`` under ``name``."""
+
+    def add(fn: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+        if name in SOURCES:
+            raise ValueError(f"source {name!r} registered twice")
+        SOURCES[name] = fn
+        return fn
+
+    return add
+
+
+def read_source(name: str, root: str, **options) -> pd.DataFrame:
+    """Read dataset ``name`` from its native layout under ``root`` into a validated canonical table."""
+    if name not in SOURCE_MODULES:
+        raise ValueError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCE_MODULES))}")
+    if name not in SOURCES:
+        importlib.import_module(SOURCE_MODULES[name])
+    table = schema.conform(SOURCES[name](root, **options))
+    return schema.check(table, f"{name} table from {root}")
+
+
+@dataclass
+class TablesConfig:
+    source: str = MISSING  # vindr | rsna | cmmd | cbis_ddsm | embed
+    root: str = MISSING  # dataset root in its native download layout
+    out: str = MISSING  # output parquet file
+    seed: int = 0  # seed of the patient-level split where the source has none
+    val_fraction: float = 0.1  # share of training patients moved to val
+    extra: str | None = None  # source-specific extra file (TOMPEI-CMMD xlsx for cmmd)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    """``mvmlm tables``: write the canonical table of one native dataset."""
+    parser = argparse.ArgumentParser(prog="mvmlm tables", description=__doc__)
+    parser.add_argument("--source", choices=sorted(SOURCE_MODULES))
+    parser.add_argument("--root")
+    parser.add_argument("--out")
+    cfg = load_config(TablesConfig, argv, parser=parser)
+    options = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
+    if cfg.extra:
+        options["extra"] = cfg.extra
+    table = read_source(cfg.source, cfg.root, **options)
+    schema.write_table(table, cfg.out)
+    counts = table.groupby("split").size().to_dict()
+    log.info("%s: %d images, %d exams, %d patients, splits %s -> %s", cfg.source, len(table),
+             table.exam_id.nunique(), table.patient_id.nunique(), counts, cfg.out)  # fmt: skip
+    return table

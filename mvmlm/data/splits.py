@@ -1,0 +1,46 @@
+"""Patient-level splits with a fixed seed, for sources that ship no split (or no validation split)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["patient_split"]
+
+
+def patient_split(
+    patient_ids: pd.Series,
+    *,
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    fixed: pd.Series | None = None,
+) -> pd.Series:
+    """Assign ``train`` / ``val`` / ``test`` per patient, so no patient spans two splits.
+
+    Args:
+        patient_ids: one entry per row (image); the result is aligned with it.
+        seed: the split is a pure function of the set of patient ids and the seed (row order does not matter).
+        val_fraction, test_fraction: shares of the patients not already fixed.
+        fixed: optional per-row split from the source (e.g. VinDr ``test``); rows with a value keep it and
+            their patients are not drawn again. NA rows are assigned.
+
+    Returns:
+        A string Series of splits aligned with ``patient_ids``.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1), sum < 1")
+    ids = patient_ids.astype("string")
+    result = pd.Series(pd.NA, index=ids.index, dtype="string")
+    if fixed is not None:
+        result = fixed.astype("string").reindex(ids.index)
+    open_patients = np.array(sorted(set(ids[result.isna()]) - set(ids[result.notna()])), dtype=object)
+    order = np.random.default_rng(seed).permutation(len(open_patients))
+    n_test = int(round(test_fraction * len(open_patients)))
+    n_val = int(round(val_fraction * len(open_patients)))
+    assigned = {}
+    for rank, index in enumerate(order):
+        assigned[open_patients[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    todo = result.isna()
+    result[todo] = ids[todo].map(assigned)
+    return result

@@ -1,0 +1,112 @@
+"""Run directories: every command writes its resolved config, provenance, metrics and logs into one folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mvmlm.config import config_to_yaml
+
+__all__ = ["RunDir", "git_commit", "package_versions"]
+
+TRACKED_PACKAGES = (
+    "mvmlm", "torch", "torchvision", "timm", "open_clip_torch", "transformers", "tokenizers", "accelerate",
+    "datasets", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls", "numpy", "pandas",
+    "pyarrow", "scikit-learn", "scikit-survival", "omegaconf", "mamba-ssm", "vllm",
+)  # fmt: skip
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None where a package is not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The git commit of the source tree holding ``path`` (default: this package), with ``+dirty`` if modified."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
+
+
+@dataclass
+class RunDir:
+    """A run directory holding ``config.yaml``, ``provenance.json``, ``metrics.json`` and ``log.txt``."""
+
+    path: Path
+
+    @classmethod
+    def create(cls, out: str | Path, cfg: Any, *, main_process: bool = True) -> RunDir:
+        """Create (or reuse) ``out`` and record the resolved config and provenance in it.
+
+        Only the main process writes; other processes of a distributed run get the same object.
+        """
+        run = cls(Path(out))
+        if main_process:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.write_text("config.yaml", config_to_yaml(cfg))
+            provenance = {
+                "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "host": platform.node(),
+                "git_commit": git_commit(),
+                "packages": package_versions(),
+            }
+            run.write_json("provenance.json", provenance)
+            run.attach_log()
+        return run
+
+    def file(self, name: str) -> Path:
+        """Path of ``name`` inside the run directory."""
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` atomically (temporary file + rename) and return its path."""
+        target = self.file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        return target
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as indented JSON atomically."""
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+    def write_metrics(self, metrics: dict) -> Path:
+        """Write ``metrics.json``."""
+        return self.write_json("metrics.json", metrics)
+
+    def attach_log(self, level: int = logging.INFO) -> None:
+        """Send the ``mvmlm`` loggers' records to ``log.txt`` in the run directory as well."""
+        handler = logging.FileHandler(self.file("log.txt"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(level)
+        for name in ("mvmlm", "report_synthesis", "pretrain", "downstream"):
+            logger = logging.getLogger(name)
+            logger.setLevel(min(logger.level or level, level))
+            if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
+                logger.addHandler(handler)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pandas as pd
+
+from mvmlm.data.splits import patient_split
+
+
+def test_patients_never_span_two_splits_and_result_is_order_independent():
+    patients = pd.Series([f"p{i // 4}" for i in range(400)])
+    split = patient_split(patients, seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert (pd.DataFrame({"p": patients, "s": split}).groupby("p").s.nunique() == 1).all()
+    counts = split.groupby(patients).first().value_counts()
+    assert counts["val"] == 20 and counts["test"] == 10 and counts["train"] == 70
+    shuffled = patients.sample(frac=1, random_state=0)
+    again = patient_split(shuffled, seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert (again.reindex(patients.index) == split).all()
+    assert not (patient_split(patients, seed=4, val_fraction=0.2, test_fraction=0.1) == split).all()
+
+
+def test_fixed_source_split_is_kept():
+    patients = pd.Series(["a", "a", "b", "c", "d", "e"])
+    fixed = pd.Series(["test", "test", None, None, None, None])
+    split = patient_split(patients, seed=0, val_fraction=0.25, fixed=fixed)
+    assert list(split[:2]) == ["test", "test"]
+    assert set(split[2:]) <= {"train", "val"} and (split[2:] == "val").sum() == 1
