@@ -16,7 +16,11 @@ __all__ = ["COMMANDS", "main", "run_command"]
 
 #: command -> (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "synth-data": ("mvmlm.data.synthetic", "write synthetic mammography exams in a dataset's native format"),
+    "tables": ("mvmlm.data.sources", "read a native dataset into the canonical image table (parquet)"),
+    "preprocess": ("mvmlm.data.preprocess", "decode, crop and resize images into the 16-bit image cache"),
     "info": ("mvmlm.info", "package versions and whether CUDA, mamba-ssm kernels and vLLM are usable"),
+    "demo": ("mvmlm.demo", "run the toolkit end to end on built-in synthetic data"),
 }
 
 

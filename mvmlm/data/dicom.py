@@ -1,0 +1,308 @@
+"""One mammography DICOM file -> float32 image in [0, 1] with the chest wall on the left, plus its metadata.
+
+Order of operations (DICOM PS3.3 C.11): stored value -> rescale (slope, intercept) -> VOI (VOILUTSequence if
+present, else the first WindowCenter/WindowWidth with VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID, else the
+image's own min-max) -> inversion for MONOCHROME1 / PresentationLUTShape INVERSE -> [0, 1] -> horizontal flip
+when the breast lies against the right edge. Unsigned native pixel data is read straight from the file buffer
+(bits above BitsStored are kept and clipped by the window, not masked); everything else goes through pydicom's
+decoders. The VOI is either an affine map done in float32 or, for curves, a table over every stored value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import UID
+
+__all__ = ["VIEW_CODES", "DicomReadError", "MammogramMeta", "read_dicom_header", "read_mammogram"]
+
+#: view -> (SNOMED CT code value, code meaning) as used in ViewCodeSequence (CMMD)
+VIEW_CODES: dict[str, tuple[str, str]] = {
+    "CC": ("399162004", "cranio-caudal"),
+    "MLO": ("399368009", "medio-lateral oblique"),
+}
+_VIEW_BY_CODE = {code: view for view, (code, _) in VIEW_CODES.items()}
+_VIEW_BY_MEANING = {meaning: view for view, (_, meaning) in VIEW_CODES.items()}
+
+_J2K = "pylibjpeg pylibjpeg-openjpeg"
+_JPEG = "pylibjpeg pylibjpeg-libjpeg"
+#: transfer syntax UID -> pip packages that decode it
+DECODER_PACKAGES: dict[str, str] = {
+    **dict.fromkeys(["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"], _J2K),
+    **dict.fromkeys(["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"], _J2K),
+    **dict.fromkeys(["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"], _JPEG),
+    **dict.fromkeys(["1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"], _JPEG),
+    **dict.fromkeys(["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"], "pyjpegls"),
+}
+_WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+class DicomReadError(ValueError):
+    """A DICOM file could not be turned into an image."""
+
+
+@dataclass(frozen=True)
+class MammogramMeta:
+    """What :func:`read_mammogram` found in (and did to) one file."""
+
+    laterality: str | None  # "L" / "R" from ImageLaterality, else Laterality
+    view: str | None  # ViewPosition, else from ViewCodeSequence ("CC", "MLO", or its code meaning)
+    photometric: str  # PhotometricInterpretation as stored
+    voi_function: str  # VOI applied: LUT (VOILUTSequence), LINEAR, LINEAR_EXACT, SIGMOID, or NONE (image min-max)
+    transfer_syntax: str
+    bits_stored: int
+    rows: int
+    cols: int
+    flipped: bool | None  # mirrored to put the chest wall on the left; None when only the header was read
+    patient_id: str | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    age: float | None  # years, from PatientAge ("055Y", "030M", ...)
+    presentation_intent: str | None  # PresentationIntentType
+
+
+def read_mammogram(path: str | Path) -> tuple[np.ndarray, MammogramMeta]:
+    """Read a FOR PRESENTATION mammogram as float32 ``(rows, cols)`` in [0, 1], bright = dense, chest wall left.
+
+    Raises:
+        DicomReadError: naming the file and the reason (not DICOM, truncated, no pixel data, missing decoder
+            plugin, FOR PROCESSING image, not a single-frame grayscale image, undecodable pixel data).
+    """
+    ds = _dcmread(path)
+    _check_for_presentation(ds, path)
+    stored = _stored_pixels(ds, path)
+    display = _display_map(ds, _voi_kind(ds), stored)
+    step = max(1, max(stored.shape) // 256)
+    flipped = _chest_wall_on_right(display(stored[::step, ::step]))
+    return display(stored[:, ::-1] if flipped else stored), _meta(ds, flipped=flipped)  # output is C-contiguous
+
+
+def read_dicom_header(path: str | Path) -> MammogramMeta:
+    """Metadata of a DICOM file without reading its pixel data (``flipped`` is None)."""
+    return _meta(_dcmread(path, stop_before_pixels=True), flipped=None)
+
+
+def _dcmread(path: str | Path, **kwargs) -> Dataset:
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError as e:
+        raise DicomReadError(f"{path}: not a DICOM file ({e})") from e
+    except Exception as e:  # pydicom's parser raises many types on damaged files
+        raise DicomReadError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
+
+
+def _check_for_presentation(ds: Dataset, path: str | Path) -> None:
+    intent = str(ds.get("PresentationIntentType", "")).upper()
+    if intent == "FOR PROCESSING" or "For Processing" in UID(str(ds.get("SOPClassUID", ""))).name:
+        raise DicomReadError(
+            f"{path}: a FOR PROCESSING (raw detector) image; only FOR PRESENTATION mammograms can be read"
+        )
+
+
+def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
+    """The stored values of the single frame, shape (rows, cols); read-only for native data."""
+    if "PixelData" not in ds:
+        raise DicomReadError(f"{path}: no Pixel Data element (truncated file, or a DICOM without an image)")
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None:
+        raise DicomReadError(f"{path}: no TransferSyntaxUID in the file meta information")
+    tsyntax = UID(tsyntax)
+    try:
+        rows, cols, bits_allocated = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DicomReadError(f"{path}: incomplete image pixel module ({e})") from e
+    samples, frames = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("NumberOfFrames", 1) or 1)
+    if samples != 1 or frames != 1:
+        raise DicomReadError(
+            f"{path}: expected a single-frame grayscale image, got SamplesPerPixel={samples}, NumberOfFrames={frames}"
+        )
+    unsigned = ds.get("PixelRepresentation", 0) == 0
+    if tsyntax.is_little_endian and not tsyntax.is_encapsulated and unsigned and bits_allocated in (8, 16):
+        dtype, buffer = np.dtype(f"<u{bits_allocated // 8}"), ds.PixelData
+        if len(buffer) < rows * cols * dtype.itemsize:
+            raise DicomReadError(
+                f"{path}: truncated pixel data ({len(buffer)} bytes, expected {rows * cols * dtype.itemsize})"
+            )
+        return np.frombuffer(buffer, dtype, count=rows * cols).reshape(rows, cols)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as e:
+        raise DicomReadError(f"{path}: unsupported transfer syntax {tsyntax} ({tsyntax.name})") from e
+    if not decoder.is_available:
+        package = DECODER_PACKAGES.get(str(tsyntax), "a pydicom decoder plugin")
+        raise DicomReadError(
+            f"{path}: {tsyntax.name} ({tsyntax}) pixel data but no decoder is installed; pip install {package}"
+        )
+    try:
+        return pixel_array(ds)
+    except Exception as e:  # decoder plugins raise their own types
+        raise DicomReadError(f"{path}: cannot decode {tsyntax.name} pixel data ({type(e).__name__}: {e})") from e
+
+
+def _first_number(value: object) -> float | None:
+    """The first value of a (possibly multi-valued) numeric element, or None."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _window(ds: Dataset) -> tuple[float, float] | None:
+    """The first (center, width) pair, or None when absent or unusable (width <= 0)."""
+    center, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
+    if center is None or width is None or not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        return None
+    return center, width
+
+
+def _voi_lut(ds: Dataset) -> tuple[float, np.ndarray] | None:
+    """(first mapped value, table) of the first VOILUTSequence item, or None."""
+    seq = ds.get("VOILUTSequence")
+    if not seq or "LUTDescriptor" not in seq[0] or "LUTData" not in seq[0]:
+        return None
+    item = seq[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    data = item.LUTData
+    if isinstance(data, bytes):
+        data = np.frombuffer(data, "<u2" if bits > 8 else "u1")
+    table = np.asarray(data, dtype=np.float64).ravel()[: entries or 65536]
+    return (float(first), table) if table.size else None
+
+
+def _voi_kind(ds: Dataset) -> str:
+    """Which VOI transform :func:`read_mammogram` applies (see :attr:`MammogramMeta.voi_function`)."""
+    if _voi_lut(ds) is not None:
+        return "LUT"
+    if _window(ds) is None:
+        return "NONE"
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").upper()
+    return function if function in _WINDOW_FUNCTIONS else "LINEAR"  # LINEAR is the standard's default
+
+
+def _inverted(ds: Dataset) -> bool:
+    return ds.get("PhotometricInterpretation") == "MONOCHROME1" or ds.get("PresentationLUTShape") == "INVERSE"
+
+
+def _display_map(ds: Dataset, kind: str, stored: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function stored values -> float32 display values in [0, 1] (rescale, VOI and inversion folded in)."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    invert = _inverted(ds)
+    if kind in ("LUT", "SIGMOID"):
+        if kind == "LUT":
+            first, table = _voi_lut(ds)
+            low, span = table.min(), max(float(table.max() - table.min()), 1e-12)
+
+            def curve(v: np.ndarray) -> np.ndarray:
+                idx = np.clip(np.rint(v - first), 0, table.size - 1).astype(np.intp)
+                return (table[idx] - low) / span
+        else:
+            center, width = _window(ds)
+
+            def curve(v: np.ndarray) -> np.ndarray:
+                return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (v - center) / width, -60.0, 60.0)))
+
+        return _tabulated(lambda v: 1.0 - curve(v) if invert else curve(v), slope, intercept, stored)
+    if kind == "NONE":
+        low, high = sorted((slope * float(stored.min()) + intercept, slope * float(stored.max()) + intercept))
+        if high <= low:
+            return _affine(0.0, 0.0)  # a constant image is black
+        scale, offset = 1.0 / (high - low), -low / (high - low)
+    else:
+        center, width = _window(ds)
+        if kind == "LINEAR":
+            span = max(width - 1.0, 1e-3)
+            scale, offset = 1.0 / span, 0.5 - (center - 0.5) / span
+        else:  # LINEAR_EXACT
+            scale, offset = 1.0 / width, 0.5 - center / width
+    scale, offset = scale * slope, scale * intercept + offset
+    return _affine(-scale, 1.0 - offset) if invert else _affine(scale, offset)
+
+
+def _affine(scale: float, offset: float) -> Callable[[np.ndarray], np.ndarray]:
+    """clip(scale * x + offset, 0, 1) in float32, one output allocation."""
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        out = np.multiply(x, np.float32(scale), dtype=np.float32)
+        out += np.float32(offset)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    return apply
+
+
+def _tabulated(
+    curve: Callable[[np.ndarray], np.ndarray], slope: float, intercept: float, stored: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """curve(slope * x + intercept) as float32; one table lookup for unsigned values of up to 16 bits."""
+    if stored.dtype.kind == "u" and stored.dtype.itemsize <= 2:
+        values = np.arange(int(stored.max()) + 1 if stored.size else 1, dtype=np.float64)
+        table = curve(values * slope + intercept).astype(np.float32)
+        return table.__getitem__
+    return lambda x: curve(x.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _chest_wall_on_right(display: np.ndarray) -> bool:
+    """True when the right half is brighter: the breast (and chest wall) lies against the right edge."""
+    half = display.shape[1] // 2
+    return half > 0 and float(display[:, -half:].mean()) > float(display[:, :half].mean())
+
+
+def _text(ds: Dataset, *keywords: str) -> str | None:
+    """The first non-empty value among ``keywords``, stripped."""
+    for keyword in keywords:
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _view(ds: Dataset) -> str | None:
+    if view := _text(ds, "ViewPosition"):
+        return view.upper()
+    for item in ds.get("ViewCodeSequence", []):
+        code, meaning = str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")).strip()
+        if code in _VIEW_BY_CODE:
+            return _VIEW_BY_CODE[code]
+        if meaning:
+            return _VIEW_BY_MEANING.get(meaning.lower(), meaning)
+    return None
+
+
+def _age(value: str | None) -> float | None:
+    """Years from a DICOM age string such as "055Y"; None when absent or malformed."""
+    if not value or len(value) < 2 or value[-1].upper() not in _AGE_UNITS or not value[:-1].isdigit():
+        return None
+    return int(value[:-1]) * _AGE_UNITS[value[-1].upper()]
+
+
+def _meta(ds: Dataset, *, flipped: bool | None) -> MammogramMeta:
+    laterality = _text(ds, "ImageLaterality", "Laterality")
+    return MammogramMeta(
+        laterality=laterality.upper() if laterality else None,
+        view=_view(ds),
+        photometric=str(ds.get("PhotometricInterpretation", "")),
+        voi_function=_voi_kind(ds),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        bits_stored=int(ds.get("BitsStored", 0) or 0),
+        rows=int(ds.get("Rows", 0) or 0),
+        cols=int(ds.get("Columns", 0) or 0),
+        flipped=flipped,
+        patient_id=_text(ds, "PatientID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        age=_age(_text(ds, "PatientAge")),
+        presentation_intent=_text(ds, "PresentationIntentType"),
+    )

@@ -1,0 +1,286 @@
+"""Breast crop, aspect-preserving resize and the 16-bit image cache: the ``mvmlm preprocess`` command.
+
+``mvmlm preprocess --table vindr.parquet --root /data/vindr --out cache --workers 8 height=1520 width=912``
+
+Every image of a canonical table is read with :func:`mvmlm.data.dicom.read_mammogram` (float32 in [0, 1],
+chest wall on the left), cropped to the bounding box of its largest component brighter than the background
+(the breast; labels and markers are smaller components), resized keeping its aspect ratio into
+``height x width`` with zero padding on the right and bottom, and cached once.
+
+Cache layout: ``<out>/<height>x<width>-<hash of the parameters>/`` holds ``images/<dataset>/<patient>/<image>.npy``,
+``table.parquet`` (the input rows that were cached, with ``cache_path`` relative to that folder), ``failures.csv``
+(image_id, path, error), the run's config, provenance, log and metrics. Changing a parameter changes the hash, so
+a new folder is used and old caches stay valid.
+
+Format: one uncompressed uint16 ``.npy`` per image (value = round(65535 * intensity), lossless at 16 bits).
+Reading one back is a single buffer read with no decoding (about 1 ms for 1520x912), several times faster than
+decoding a 16-bit PNG; the price is disk space (2.8 MB per image at the default size).
+
+Resumable: an image whose cache file exists is skipped, and every file is written to a temporary name and
+renamed, so a killed run never leaves a partial cache file. Run one ``preprocess`` per cache folder at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from mvmlm.config import MISSING, ConfigError, load_config
+from mvmlm.data import dicom, schema
+from mvmlm.rundir import RunDir
+
+__all__ = [
+    "PreprocessParams", "PreprocessConfig", "breast_bbox", "crop_breast", "resize_pad", "preprocess_image",
+    "cache_folder", "cache_file", "save_cached", "load_cached", "preprocess_table", "read_cached_table", "main",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+#: bump when the preprocessing code changes its output, so old caches are not reused
+CACHE_VERSION = 1
+CACHE_SCALE = 65535
+TABLE_FILE = "table.parquet"
+FAILURES_FILE = "failures.csv"
+IMAGES_DIR = "images"
+_TMP_MARK = ".tmp"
+_BBOX_GRID = 512  # the breast mask is found on a grid of at most this many pixels per side
+
+
+@dataclass
+class PreprocessParams:
+    """Everything that changes a cached image; hashed into the cache folder name."""
+
+    height: int = 1520  # output rows
+    width: int = 912  # output columns
+    crop: bool = True  # crop to the breast before resizing
+    crop_threshold: float = 0.05  # breast = brighter than the background by this share of the intensity range
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ConfigError(f"key 'height'/'width': must be positive, got {self.height}x{self.width}")
+        if not 0 <= self.crop_threshold < 1:
+            raise ConfigError(f"key 'crop_threshold': must be in [0, 1), got {self.crop_threshold}")
+
+    def key(self) -> str:
+        """Cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PreprocessParams)}
+        blob = json.dumps({"version": CACHE_VERSION, **fields}, sort_keys=True)
+        return f"{self.height}x{self.width}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def breast_bbox(image: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` (end-exclusive) of the largest bright component: the breast.
+
+    A pixel is bright when it exceeds the background (the image minimum, e.g. a SIGMOID VOI leaves it above 0)
+    by ``threshold`` times the intensity range. The mask is found on a grid of at most ``_BBOX_GRID`` pixels per
+    side and opened (isolated noise pixels removed). The whole image when nothing is bright (e.g. all zero).
+    """
+    height, width = image.shape
+    step = max(1, -(-max(height, width) // _BBOX_GRID))
+    small = image[::step, ::step]
+    low, high = float(small.min()), float(small.max())
+    mask = ndimage.binary_opening(small > low + threshold * (high - low))
+    if not mask.any():
+        return 0, height, 0, width
+    labels, _ = ndimage.label(mask)
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    rows, cols = ndimage.find_objects(labels)[largest - 1]
+    return rows.start * step, min(height, rows.stop * step), cols.start * step, min(width, cols.stop * step)
+
+
+def crop_breast(image: np.ndarray, threshold: float) -> np.ndarray:
+    """``image`` cropped to :func:`breast_bbox`."""
+    top, bottom, left, right = breast_bbox(image, threshold)
+    return image[top:bottom, left:right]
+
+
+def resize_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize keeping the aspect ratio to fit ``height x width``; zero-pad right and bottom. float32 in [0, 1]."""
+    rows, cols = image.shape
+    scale = min(height / rows, width / cols)
+    new_rows = min(height, max(1, round(rows * scale)))
+    new_cols = min(width, max(1, round(cols * scale)))
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+        (new_cols, new_rows), Image.Resampling.BILINEAR
+    )
+    out = np.zeros((height, width), dtype=np.float32)
+    out[:new_rows, :new_cols] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return out
+
+
+def preprocess_image(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """Crop (if ``params.crop``) and resize-pad one canonical image."""
+    if params.crop:
+        image = crop_breast(image, params.crop_threshold)
+    return resize_pad(image, params.height, params.width)
+
+
+def cache_folder(cache_dir: str | Path, params: PreprocessParams) -> Path:
+    """The folder of one parameter set inside the cache root ``cache_dir``."""
+    return Path(cache_dir) / params.key()
+
+
+def _safe_name(value: str) -> str:
+    """A file-name-safe form of an id; ids that had to be changed get a short hash so they stay distinct."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", value)
+    if safe != value or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def cache_file(dataset: str, patient_id: str, image_id: str) -> Path:
+    """Path of an image's cache file relative to its cache folder."""
+    return Path(IMAGES_DIR, _safe_name(dataset), _safe_name(patient_id), f"{_safe_name(image_id)}.npy")
+
+
+def save_cached(path: str | Path, image: np.ndarray) -> Path:
+    """Write a float [0, 1] image as uint16 ``.npy`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.save(handle, np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16))
+    os.replace(tmp, path)
+    return path
+
+
+def load_cached(path: str | Path) -> np.ndarray:
+    """Read a cached image as float32 in [0, 1]."""
+    stored = np.load(path, allow_pickle=False)
+    if stored.dtype != np.uint16 or stored.ndim != 2:
+        raise ValueError(f"{path}: not a cached image (expected a 2-D uint16 array, got {stored.dtype} {stored.shape})")
+    image = stored.astype(np.float32)
+    image *= 1.0 / CACHE_SCALE
+    return image
+
+
+def _cache_one(source: str, target: str, params: PreprocessParams) -> str | None:
+    """Read, preprocess and cache one image; the error text when it fails (the run goes on)."""
+    try:
+        image, _ = dicom.read_mammogram(source)
+        save_cached(target, preprocess_image(image, params))
+    except Exception as exc:  # noqa: BLE001 - any per-file failure is recorded in failures.csv
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """Delete temporary files a killed run left behind."""
+    images = folder / IMAGES_DIR
+    if images.is_dir():
+        for tmp in images.rglob(f".*{_TMP_MARK}*"):
+            tmp.unlink(missing_ok=True)
+
+
+def _run(tasks: list[tuple[int, str, str]], params: PreprocessParams, workers: int, progress: bool) -> dict[int, str]:
+    """Cache ``(row, source, target)`` tasks with ``workers`` processes; row -> error text for failures."""
+    errors: dict[int, str] = {}
+    with tqdm(total=len(tasks), desc="preprocess", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for row, source, target in tasks:
+                if (error := _cache_one(source, target, params)) is not None:
+                    errors[row] = error
+                bar.update()
+            return errors
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_cache_one, source, target, params): row for row, source, target in tasks}
+            for future in as_completed(futures):
+                if (error := future.result()) is not None:
+                    errors[futures[future]] = error
+                bar.update()
+    return errors
+
+
+def preprocess_table(
+    table: pd.DataFrame,
+    root: str | Path,
+    cache_dir: str | Path,
+    params: PreprocessParams | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Cache every image of a canonical ``table`` (paths relative to ``root``) under ``cache_dir``.
+
+    Images already cached with the same parameters are skipped. Per-image failures are written to
+    ``failures.csv`` in the cache folder and the rest go on. The cached rows, with a ``cache_path`` column
+    (relative to the cache folder), are written to ``table.parquet`` there.
+
+    Returns:
+        The rows that are cached, with ``cache_path`` as an absolute path.
+    """
+    params = params or PreprocessParams()
+    folder = cache_folder(cache_dir, params).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_partial_files(folder)
+    table = schema.check(schema.conform(table), "table to preprocess")
+    ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
+    relative = [str(cache_file(dataset, patient, image)) for dataset, patient, image in ids]
+    todo = [
+        (row, str(Path(root) / path), str(folder / rel))
+        for row, (path, rel) in enumerate(zip(table["path"], relative, strict=True))
+        if not (folder / rel).is_file()
+    ]
+    errors = _run(todo, params, workers, progress)
+    failed = sorted(errors)
+    failures = table.loc[failed, ["image_id", "path"]].assign(error=[errors[row] for row in failed])
+    failures.to_csv(folder / FAILURES_FILE, index=False)
+    cached = table.assign(cache_path=relative).drop(index=failed).reset_index(drop=True)
+    schema.write_table(cached, folder / TABLE_FILE)
+    log.info("preprocess %s: %d images already cached, %d cached now, %d failed (see %s)",
+             folder, len(table) - len(todo), len(todo) - len(errors), len(errors), folder / FAILURES_FILE)  # fmt: skip
+    return cached.assign(cache_path=[str(folder / rel) for rel in cached["cache_path"]])
+
+
+def read_cached_table(path: str | Path) -> pd.DataFrame:
+    """Read a ``table.parquet`` written by :func:`preprocess_table`, with ``cache_path`` made absolute."""
+    path = Path(path)
+    table = schema.read_table(path)
+    if "cache_path" not in table.columns:
+        raise ValueError(f"{path}: no cache_path column; run `mvmlm preprocess` on this table first")
+    return table.assign(cache_path=[str(path.parent.resolve() / p) for p in table["cache_path"]])
+
+
+@dataclass
+class PreprocessConfig(PreprocessParams):
+    table: str = MISSING  # canonical table (parquet) from `mvmlm tables`
+    root: str = MISSING  # dataset root; the table's paths are relative to it
+    out: str = MISSING  # cache root; one sub-folder per parameter set
+    workers: int = 1  # worker processes (1 = in this process)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``mvmlm preprocess``: crop, resize and cache every image of a canonical table."""
+    parser = argparse.ArgumentParser(prog="mvmlm preprocess", description=__doc__)
+    parser.add_argument("--table")
+    parser.add_argument("--root")
+    parser.add_argument("--out")
+    parser.add_argument("--workers", type=int)
+    cfg = load_config(PreprocessConfig, argv, parser=parser)
+    params = PreprocessParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PreprocessParams)})
+    run = RunDir.create(cache_folder(cfg.out, params), cfg)
+    table = schema.read_table(cfg.table)
+    cached = preprocess_table(table, cfg.root, cfg.out, params, workers=cfg.workers)
+    metrics = {
+        "images": len(table),
+        "cached": len(cached),
+        "failures": len(table) - len(cached),
+        "folder": str(run.path),
+        "table": str(run.file(TABLE_FILE)),
+    }
+    run.write_metrics(metrics)
+    return metrics

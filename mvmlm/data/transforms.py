@@ -1,0 +1,76 @@
+"""Image augmentation for training; evaluation uses the cached images as they are (already cropped and resized).
+
+Training follows the hybrid ResNet-VSSM paper (3.1): a random affine map with rotation within +-10 degrees,
+translation within +-5 % of the image size and scaling in [0.95, 1.05]. The paper also flips horizontally with
+probability 0.5; that moves the chest wall to the right, so it is off by default here (``hflip``).
+
+With a ``torch.Generator`` the parameters come from it (reproducible); without, from torch's global generator,
+which a DataLoader seeds per worker from its own generator, so seeded loaders are reproducible too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ["AugmentConfig", "RandomAffine", "build_transform"]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class AugmentConfig:
+    degrees: float = 10.0  # rotation drawn from [-degrees, degrees]
+    translate: float = 0.05  # shift drawn from [-translate, translate] x image size, per axis
+    scale: list[float] = field(default_factory=lambda: [0.95, 1.05])  # zoom range [low, high]
+    hflip: float = 0.0  # probability of a horizontal flip (the hybrid paper used 0.5)
+
+
+class RandomAffine:
+    """Random rotation, translation, scaling (and optional flip) of a ``(C, H, W)`` image; shape is kept."""
+
+    def __init__(self, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None):
+        self.cfg = cfg or AugmentConfig()
+        low, high = self.cfg.scale
+        if not 0 < low <= high or self.cfg.degrees < 0 or not 0 <= self.cfg.translate < 1:
+            raise ValueError(f"invalid augmentation {self.cfg}: need degrees >= 0, 0 <= translate < 1, 0 < scale")
+        self.generator = generator
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=self.generator).item()
+
+    def sample(self, height: int, width: int) -> dict:
+        """One draw of the parameters for an image of ``height x width``."""
+        cfg = self.cfg
+        return {
+            "angle": self._uniform(-cfg.degrees, cfg.degrees),
+            "translate": [
+                round(self._uniform(-cfg.translate, cfg.translate) * width),
+                round(self._uniform(-cfg.translate, cfg.translate) * height),
+            ],
+            "scale": self._uniform(*cfg.scale),
+            "flip": self._uniform(0.0, 1.0) < cfg.hflip,
+        }
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        params = self.sample(*image.shape[-2:])
+        out = F.affine(
+            image, angle=params["angle"], translate=params["translate"], scale=params["scale"], shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR, fill=0.0,
+        )  # fmt: skip
+        return F.horizontal_flip(out) if params["flip"] else out
+
+
+def _identity(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+def build_transform(
+    train: bool, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None
+) -> Transform:
+    """The training augmentation, or the identity for evaluation."""
+    return RandomAffine(cfg, generator) if train else _identity
