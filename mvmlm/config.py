@@ -69,7 +69,9 @@ def build_config(schema: type[T], files: Sequence[str | Path] = (), overrides: S
         cfg = _merge(cfg, dot, f"override {item!r}")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"missing mandatory value(s): {', '.join(missing)}; set them in the config file or as key=value")
+        raise ConfigError(
+            f"missing mandatory value(s): {', '.join(missing)}; set them in the config file or as key=value"
+        )
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+
 import pandas as pd
 
 from mvmlm.config import load_config

@@ -42,7 +42,10 @@ def environment_report() -> dict:
             "devices": devices,
             "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         },
-        "mamba_ssm_kernel": {"usable": kernel_ok and cuda, "detail": kernel_why if kernel_ok or not cuda else "no CUDA"},
+        "mamba_ssm_kernel": {
+            "usable": kernel_ok and cuda,
+            "detail": kernel_why if kernel_ok or not cuda else "no CUDA",
+        },
         "vllm": {"usable": vllm_ok and cuda, "detail": vllm_why if not vllm_ok else ("ok" if cuda else "no CUDA")},
     }
 

@@ -109,7 +109,9 @@ class MultiViewClipLoss(nn.Module):
         multi_positive: treat identical report texts in the global batch as positives of each other.
     """
 
-    def __init__(self, image_image_weight: float = 1.0, multi_positive: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, image_image_weight: float = 1.0, multi_positive: bool = True, rank: int = 0, world_size: int = 1
+    ):
         super().__init__()
         self.image_image_weight = image_image_weight
         self.multi_positive = multi_positive

@@ -138,4 +138,4 @@ def time_dependent_auc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndar
     from sksurv.metrics import cumulative_dynamic_auc
 
     values, _ = cumulative_dynamic_auc(_surv(*train), _surv(*test), np.asarray(risk), np.asarray(times, float))
-    return {float(t): float(v) for t, v in zip(times, values)}
+    return {float(t): float(v) for t, v in zip(times, values, strict=True)}

@@ -59,7 +59,9 @@ def test_multi_view_loss_combines_terms_and_masks_single_view_breasts():
     scale = torch.tensor(3.0)
     out = MultiViewClipLoss(image_image_weight=0.5)(cc, mlo, text, scale, cc_present, mlo_present, ids)
     both = cc_present & mlo_present
-    expected_it = 0.5 * (ClipLoss()(cc[cc_present], text[cc_present], scale) + ClipLoss()(mlo[mlo_present], text[mlo_present], scale))
+    expected_it = 0.5 * (
+        ClipLoss()(cc[cc_present], text[cc_present], scale) + ClipLoss()(mlo[mlo_present], text[mlo_present], scale)
+    )
     expected_ii = ClipLoss()(cc[both], mlo[both], scale)
     assert out["image_text"].item() == pytest.approx(expected_it.item(), rel=1e-6)
     assert out["image_image"].item() == pytest.approx(expected_ii.item(), rel=1e-6)

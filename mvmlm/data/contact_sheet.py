@@ -38,9 +38,9 @@ def contact_sheet(cached_table: pd.DataFrame, out: str | Path, *, exams: int = 4
     if table.empty:
         raise ValueError("contact sheet: the table holds no exam with a CC or MLO view")
     fig = plt.figure(figsize=(8, 2.8 * len(table)), layout="constrained")
-    for subfig, (_, exam) in zip(np.atleast_1d(fig.subfigures(len(table), 1)), table.iterrows()):
+    for subfig, (_, exam) in zip(np.atleast_1d(fig.subfigures(len(table), 1)), table.iterrows(), strict=True):
         subfig.suptitle(f"patient {exam['patient_id']}  ({exam['split']})", fontsize=9)
-        for ax, slot in zip(subfig.subplots(1, 4), EXAM_SLOTS):
+        for ax, slot in zip(subfig.subplots(1, 4), EXAM_SLOTS, strict=True):
             ax.set_axis_off()
             if exam[f"{slot}_present"]:
                 ax.imshow(load_cached(exam[f"{slot}_cache_path"]), cmap="gray", vmin=0, vmax=1)

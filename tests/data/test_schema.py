@@ -10,8 +10,22 @@ def _table(**changes) -> pd.DataFrame:
     rows = []
     for lat in "LR":
         for view in ("CC", "MLO"):
-            rows.append(dict(dataset="d", patient_id="p1", exam_id="e1", image_id=f"i{lat}{view}", path=f"x/{lat}{view}.dcm",
-                             laterality=lat, view=view, split="train", age=55.0, birads=2, density="B", malignant=0))
+            rows.append(
+                dict(
+                    dataset="d",
+                    patient_id="p1",
+                    exam_id="e1",
+                    image_id=f"i{lat}{view}",
+                    path=f"x/{lat}{view}.dcm",
+                    laterality=lat,
+                    view=view,
+                    split="train",
+                    age=55.0,
+                    birads=2,
+                    density="B",
+                    malignant=0,
+                )
+            )
     df = pd.DataFrame(rows)
     for column, (row, value) in changes.items():
         df.loc[row, column] = value

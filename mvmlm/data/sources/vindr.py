@@ -29,7 +29,16 @@ import pandas as pd
 from mvmlm.data.sources import SourceError, register_source
 from mvmlm.data.splits import patient_split
 
-__all__ = ["BOX", "BREAST_COLUMNS", "BREAST_FILE", "CATEGORY_OF", "FINDING_COLUMNS", "FINDING_FILE", "read", "split_studies"]
+__all__ = [
+    "BOX",
+    "BREAST_COLUMNS",
+    "BREAST_FILE",
+    "CATEGORY_OF",
+    "FINDING_COLUMNS",
+    "FINDING_FILE",
+    "read",
+    "split_studies",
+]
 
 BREAST_FILE = "breast-level_annotations.csv"
 FINDING_FILE = "finding_annotations.csv"
