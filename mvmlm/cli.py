@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth-data": ("mvmlm.data.synthetic", "write synthetic mammography exams in a dataset's native format"),
     "tables": ("mvmlm.data.sources", "read a native dataset into the canonical image table (parquet)"),
     "preprocess": ("mvmlm.data.preprocess", "decode, crop and resize images into the 16-bit image cache"),
+    "reports": ("report_synthesis.run", "write synthetic per-breast radiology reports from a canonical table"),
     "info": ("mvmlm.info", "package versions and whether CUDA, mamba-ssm kernels and vLLM are usable"),
     "demo": ("mvmlm.demo", "run the toolkit end to end on built-in synthetic data"),
 }

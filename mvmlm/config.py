@@ -112,7 +112,7 @@ def load_config(
     parser.epilog = "config keys (override with key=value):\n" + describe_config(schema)
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     extra = [
         f"{key}={value}"
         for key, value in vars(args).items()

@@ -1,7 +1,8 @@
 """``mvmlm demo`` (``make demo``): the toolkit end to end on built-in synthetic data, on CPU, in minutes.
 
 Stages: synthetic VinDr-format exams (real DICOM + VinDr tables) -> canonical table -> preprocessing cache ->
-summary and a contact sheet PNG. Everything lands in one run directory (``out``).
+summary and a contact sheet PNG -> per-breast reports (template backend). Everything lands in one run
+directory (``out``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class DemoConfig:
     width: int = 112
     workers: int = 2
     contact_exams: int = 4  # exams drawn in the contact sheet
+    reports_config: str = "configs/reports/template.yaml"  # report synthesis config (template backend)
 
 
 def summarize(table: pd.DataFrame, failures: int) -> dict:
@@ -66,16 +68,16 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(DemoConfig, argv, parser=parser)
     run = RunDir.create(cfg.out, cfg)
     root = run.file("data")
-    log.info("1/4 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
+    log.info("1/5 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
     write_synthetic(cfg.format, root, exams=cfg.exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width)
-    log.info("2/4 reading the native tables into the canonical table")
+    log.info("2/5 reading the native tables into the canonical table")
     table = read_source(cfg.format, str(root), seed=cfg.seed)
     schema.write_table(table, run.file("table.parquet"))
-    log.info("3/4 preprocessing %d images into the cache", len(table))
+    log.info("3/5 preprocessing %d images into the cache", len(table))
     params = PreprocessParams(height=cfg.height, width=cfg.width)
     cached = preprocess_table(table, root, run.file("cache"), params, workers=cfg.workers)
     failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
-    log.info("4/4 summary and contact sheet")
+    log.info("4/5 summary and contact sheet")
     summary = summarize(table, failures)
     sheet = contact_sheet(cached, run.file("contact_sheet.png"), exams=cfg.contact_exams)
     summary["contact_sheet"] = str(sheet)
@@ -83,5 +85,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmvmlm demo: {summary['exams']} exams, {summary['images']} images, {failures} failures")
     for key in ("views", "splits", "birads", "density", "mass", "calcification", "malignant"):
         print(f"  {key:<13} {summary[key]}")
-    print(f"  contact sheet: {sheet}\n  run directory: {run.path}")
+    print(f"  contact sheet: {sheet}")
+    summary["reports"] = write_reports(cfg, run)
+    run.write_metrics(summary)
+    print(f"  run directory: {run.path}")
     return summary
+
+
+def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
+    """Stage 5: one report per breast with the template backend; prints a few."""
+    from report_synthesis import read_corpus
+    from report_synthesis.run import main as reports_main
+
+    out = run.file("reports")
+    log.info("5/5 writing per-breast reports (%s)", cfg.reports_config)
+    metrics = reports_main(["--config", cfg.reports_config, f"table={run.file('table.parquet')}", f"out={out}",
+                            "progress=false"])  # fmt: skip
+    corpus = read_corpus(out)
+    print(f"\nreports: {len(corpus)} for {corpus.breast_id.nunique()} breasts, e.g.")
+    for _, row in corpus.drop_duplicates("breast_id").head(3).iterrows():
+        print(f"  [{row.breast_id}] {row.report}")
+    return {"reports": int(len(corpus)), "breasts": int(corpus.breast_id.nunique()), "corpus": str(out),
+            "rejections": metrics["rejections"]}  # fmt: skip

@@ -101,12 +101,15 @@ class RunDir:
         return self.write_json("metrics.json", metrics)
 
     def attach_log(self, level: int = logging.INFO) -> None:
-        """Send the ``mvmlm`` loggers' records to ``log.txt`` in the run directory as well."""
+        """Send the toolkit's log records to ``log.txt`` here; a previous run directory's log file is detached."""
         handler = logging.FileHandler(self.file("log.txt"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
+        handler._mvmlm_run_log = True  # type: ignore[attr-defined]
         for name in ("mvmlm", "report_synthesis", "pretrain", "downstream"):
             logger = logging.getLogger(name)
+            for old in [h for h in logger.handlers if getattr(h, "_mvmlm_run_log", False)]:
+                logger.removeHandler(old)
+                old.close()
             logger.setLevel(min(logger.level or level, level))
-            if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
-                logger.addHandler(handler)
+            logger.addHandler(handler)

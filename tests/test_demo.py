@@ -14,3 +14,5 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path):
     assert (out / "contact_sheet.png").stat().st_size > 1000
     assert json.loads((out / "metrics.json").read_text())["images"] == summary["images"]
     assert (out / "table.parquet").is_file() and (out / "config.yaml").is_file()
+    breasts = summary["reports"]["breasts"]
+    assert breasts == sum(summary["density"].values()) and summary["reports"]["reports"] == 3 * breasts

@@ -172,7 +172,7 @@ def _breast_level_conflicts(df: pd.DataFrame) -> list[Violation]:
     for name in BREAST_LEVEL_COLUMNS:
         if name not in df.columns:
             continue
-        distinct = groups[name].transform(lambda s: s.dropna().nunique())
+        distinct = groups[name].transform("nunique")  # nunique skips NA
         bad = distinct > 1
         if bad.any():
             problems.append(Violation(name, "views of one breast disagree on a breast-level label", _ids(df, bad)))
