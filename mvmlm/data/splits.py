@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["patient_split"]
+__all__ = ["DEFAULT_TEST_FRACTION", "patient_split", "source_less_split"]
+
+#: share of patients held out as test where the data ships no split (RSNA, CMMD, EMBED, the synthetic truth)
+DEFAULT_TEST_FRACTION = 0.2
 
 
 def patient_split(
@@ -44,3 +47,8 @@ def patient_split(
     todo = result.isna()
     result[todo] = ids[todo].map(assigned)
     return result
+
+
+def source_less_split(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:
+    """The split of data that ships none: patient-level train / val / test, :data:`DEFAULT_TEST_FRACTION` as test."""
+    return patient_split(patient_ids, seed=seed, val_fraction=val_fraction, test_fraction=DEFAULT_TEST_FRACTION)

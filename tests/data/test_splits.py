@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mvmlm.data.splits import patient_split
+from mvmlm.data.splits import DEFAULT_TEST_FRACTION, patient_split, source_less_split
 
 
 def test_patients_never_span_two_splits_and_result_is_order_independent():
@@ -23,3 +23,11 @@ def test_fixed_source_split_is_kept():
     split = patient_split(patients, seed=0, val_fraction=0.25, fixed=fixed)
     assert list(split[:2]) == ["test", "test"]
     assert set(split[2:]) <= {"train", "val"} and (split[2:] == "val").sum() == 1
+
+
+def test_source_less_split_holds_out_the_default_test_fraction():
+    patients = pd.Series([f"p{i // 2}" for i in range(200)])
+    split = source_less_split(patients, seed=1, val_fraction=0.1)
+    counts = split.groupby(patients).first().value_counts()
+    assert counts["test"] == DEFAULT_TEST_FRACTION * 100 and counts["val"] == 10
+    assert split.equals(patient_split(patients, seed=1, val_fraction=0.1, test_fraction=DEFAULT_TEST_FRACTION))

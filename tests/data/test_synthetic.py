@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from mvmlm.data import schema
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_mammogram, render_native
 from mvmlm.data.synthetic.truth import JPEG2000_LOSSLESS, JPEG_LS_LOSSLESS, VIEW_SHIFT, sample_exams
 
 H, W = 96, 64
@@ -109,6 +109,12 @@ def test_render_is_deterministic_in_range_and_chest_wall_left():
     assert not np.array_equal(render_mammogram(_row(), H, W, 7), render_mammogram(_row(), H, W, 8))
     image = render_mammogram(_row(), H, W, 7)
     assert image[:, : W // 4].mean() > 3 * image[:, -W // 8 :].mean()  # breast at the left edge, air at the right
+
+
+def test_native_render_mirrors_right_breasts_only():
+    left, right = _row(), _row(laterality="R")
+    np.testing.assert_array_equal(render_native(left, H, W, 7), render_mammogram(left, H, W, 7))
+    np.testing.assert_array_equal(render_native(right, H, W, 7), np.fliplr(render_mammogram(right, H, W, 7)))
 
 
 def test_density_a_to_d_brightens_the_breast():

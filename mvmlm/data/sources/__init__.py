@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mvmlm.config import MISSING, load_config
 from mvmlm.data import schema
 
-__all__ = ["SOURCES", "SourceError", "read_source", "register_source", "main"]
+__all__ = ["SOURCES", "SourceError", "csv_line", "read_native_table", "read_source", "register_source", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,37 @@ def register_source(name: str):
         return fn
 
     return add
+
+
+def read_native_table(
+    path: Path,
+    required: Iterable[str],
+    *,
+    what: str,
+    hint: str = "",
+    rename: Mapping[str, str] | None = None,
+    **read_kwargs,
+) -> pd.DataFrame:
+    """Read a dataset's own CSV (Excel for ``.xlsx``) with ``read_kwargs``, checking it has the ``required`` columns.
+
+    Raises :class:`SourceError` naming ``path`` when it is missing (``what`` says what it is, ``hint`` where to get
+    it) or lacks a required column (after ``rename``, which maps alternative spellings to the ones required).
+    """
+    if not path.is_file():
+        raise SourceError(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
+    reader = pd.read_excel if path.suffix.lower() == ".xlsx" else pd.read_csv
+    table = reader(path, **read_kwargs)
+    if rename:
+        table = table.rename(columns=rename)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+    return table
+
+
+def csv_line(mask: pd.Series) -> int:
+    """CSV line of the first True row of a table read from a CSV (line 1 is the header)."""
+    return int(np.flatnonzero(mask.to_numpy())[0]) + 2
 
 
 def read_source(name: str, root: str, **options) -> pd.DataFrame:

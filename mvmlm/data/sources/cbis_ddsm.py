@@ -26,10 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from mvmlm.data.dicom import DicomReadError, MammogramMeta, read_dicom_header
-from mvmlm.data.sources import SourceError, register_source
+from mvmlm.data.sources import SourceError, read_native_table, register_source
 from mvmlm.data.splits import patient_split
 
-__all__ = ["CSV_FILES", "LEXICON", "lexicon_words", "read", "split_patients"]
+__all__ = ["CSV_FILES", "LEXICON", "WORDS", "lexicon_words", "read", "split_patients"]
 
 #: (abnormality kind, source split) -> CSV file name
 CSV_FILES = {(kind, split): f"{kind}_case_description_{split}_set.csv" for kind in ("mass", "calc")
@@ -52,6 +52,7 @@ DESCRIPTOR_COLUMNS = {
 }
 RENAME = {"breast density": "breast_density"}  # the calc CSVs' spelling
 SIDES = {"LEFT": "L", "RIGHT": "R"}
+#: canonical laterality -> CBIS-DDSM side word
 WORDS = {side: word for word, side in SIDES.items()}
 SEVERITY = {"MALIGNANT": 2, "BENIGN": 1, "BENIGN_WITHOUT_CALLBACK": 0}
 DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}  # "0" (2 calc rows) -> NA
@@ -90,7 +91,7 @@ def split_patients(patient_ids: pd.Series, source_split: pd.Series, *, seed: int
 def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.DataFrame:
     """Read CBIS-DDSM under ``root`` (the four case-description CSVs + the NBIA download)."""
     root = Path(root)
-    rows = pd.concat([_read_csv(root / name, kind, split) for (kind, split), name in CSV_FILES.items()],
+    rows = pd.concat([_read_cases(root / name, kind, split) for (kind, split), name in CSV_FILES.items()],
                      ignore_index=True)  # fmt: skip
     files = _FileIndex(root)
     located = rows.apply(files.locate, axis=1, result_type="expand")
@@ -111,15 +112,11 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     return table.sort_values("image_id", ignore_index=True)
 
 
-def _read_csv(path: Path, kind: str, split: str) -> pd.DataFrame:
+def _read_cases(path: Path, kind: str, split: str) -> pd.DataFrame:
     """One case-description CSV as normalised abnormality rows (strings stripped, ``N/A`` kept, then mapped)."""
-    if not path.is_file():
-        raise SourceError(f"{path}: CBIS-DDSM case-description CSV not found (download it from the TCIA page)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False).rename(columns=RENAME)
     required = (*COMMON_COLUMNS, *DESCRIPTOR_COLUMNS[kind])
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+    what, hint = "CBIS-DDSM case-description CSV", "download it from the TCIA page"
+    table = read_native_table(path, required, what=what, hint=hint, rename=RENAME, dtype=str, keep_default_na=False)
     table = table[list(required)].apply(lambda column: column.str.strip())
     bad = ~table["left or right breast"].isin(list(SIDES)) | ~table["pathology"].isin(list(SEVERITY))
     if bad.any():
@@ -174,11 +171,10 @@ class _FileIndex:
         return self._series
 
     def _from_metadata(self) -> dict[str, list[str]]:
-        path = self.root / "metadata.csv"
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        missing = [c for c in ("Series UID", "File Location") if c not in table.columns]
-        if missing:
-            raise SourceError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+        columns = ("Series UID", "File Location")
+        table = read_native_table(
+            self.root / "metadata.csv", columns, what="NBIA manifest", dtype=str, keep_default_na=False
+        )
         index = {}
         for uid, location in zip(table["Series UID"], table["File Location"], strict=True):
             folder = self.root / location.strip()

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from mvmlm.data.dicom import DicomReadError, read_dicom_header
-from mvmlm.data.sources import SourceError, register_source
-from mvmlm.data.splits import patient_split
+from mvmlm.data.sources import SourceError, read_native_table, register_source
+from mvmlm.data.splits import source_less_split
 
 __all__ = [
-    "SHEET", "TOMPEI_SHEET", "TOMPEI_FILE", "TEST_FRACTION", "read", "split_patients", "read_clinical_sheet",
+    "SHEET", "TOMPEI_SHEET", "TOMPEI_FILE", "OTHER_SIDE", "read", "read_clinical_sheet",
     "scan_images", "read_tompei", "correct_sides",
 ]  # fmt: skip
 
@@ -34,19 +34,12 @@ TOMPEI_FILE = "TOMPEI-CMMD_clinical_data_v01_20250121.xlsx"
 TOMPEI_SHEET = "Imaging Diagnosis Details Sheet"
 #: TOMPEI columns are read by position (the sheet has two header rows): ID, LeftRight, class, density, BI-RADS.
 TOMPEI_POSITIONS = {"patient_id": 0, "laterality": 1, "tompei_class": 3, "density": 5, "birads": 21}
-#: share of patients held out as test (CMMD ships no split)
-TEST_FRACTION = 0.2
 
 ABNORMALITY = {"mass": (1, 0), "calcification": (0, 1), "both": (1, 1)}  # -> (mass, calcification)
 CLASSIFICATION = {"malignant": 1, "benign": 0}
 #: TOMPEI density words (matched by keyword, the spelling varies) -> BI-RADS density letter
 DENSITY_WORDS = (("fat", "A"), ("scatter", "B"), ("hetero", "C"), ("extrem", "D"))
 OTHER_SIDE = {"L": "R", "R": "L"}
-
-
-def split_patients(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:
-    """CMMD's split: patient-level train/val/test with :data:`TEST_FRACTION` held out."""
-    return patient_split(patient_ids, seed=seed, val_fraction=val_fraction, test_fraction=TEST_FRACTION)
 
 
 @register_source("cmmd")
@@ -70,7 +63,7 @@ def read(
     ages = lesions.groupby("patient_id")["Age"].first()
     table["age"] = table["patient_id"].map(ages).fillna(table["header_age"])
     table["dataset"] = "cmmd"
-    table["split"] = split_patients(table["patient_id"], seed=seed, val_fraction=val_fraction)
+    table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
     keep = ["dataset", "patient_id", "exam_id", "image_id", "path", "laterality", "view", "split", "age",
             "birads", "density", "malignant", "mass", "calcification", "pathology"]  # fmt: skip
     return table[[c for c in keep if c in table.columns]].sort_values("path", ignore_index=True)
@@ -79,12 +72,9 @@ def read(
 def read_clinical_sheet(path: Path) -> pd.DataFrame:
     """The CMMD clinical sheet as (patient_id, laterality, Age, mass, calcification, classification), one row per
     lesioned breast; several rows of one breast are merged (a finding present in any row is present)."""
-    if not path.is_file():
-        raise SourceError(f"{path}: CMMD clinical sheet not found (download {SHEET} from the TCIA CMMD page)")
-    sheet = pd.read_excel(path, dtype=object).dropna(how="all")
-    missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; found {list(sheet.columns)}")
+    hint = f"download {SHEET} from the TCIA CMMD page"
+    sheet = read_native_table(path, SHEET_COLUMNS, what="CMMD clinical sheet", hint=hint, dtype=object)
+    sheet = sheet.dropna(how="all")
     rows = []
     for index, row in sheet.iterrows():
         where = f"{path} row {index + 2}"

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mvmlm.data.sources import SourceError, register_source
-from mvmlm.data.splits import patient_split
+from mvmlm.data.sources import SourceError, read_native_table, register_source
+from mvmlm.data.splits import source_less_split
 
-__all__ = ["CLINICAL", "METADATA", "TEST_FRACTION", "ASSESSMENT", "read", "finding_rows", "follow_up", "split_patients"]
+__all__ = ["CLINICAL", "METADATA", "ASSESSMENT", "read", "finding_rows", "follow_up"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ METADATA_COLUMNS = (
     "ViewPosition",
     "spot_mag",
 )
-TEST_FRACTION = 0.2
 DAYS_PER_YEAR = 365.25
 
 ASSESSMENT = {"A": 0, "N": 1, "B": 2, "P": 3, "S": 4, "M": 5, "K": 6, "X": None}
@@ -93,17 +92,12 @@ DESCRIPTORS = {
 }
 
 
-def split_patients(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:
-    """EMBED's split: patient-level train/val/test with :data:`TEST_FRACTION` held out."""
-    return patient_split(patient_ids, seed=seed, val_fraction=val_fraction, test_fraction=TEST_FRACTION)
-
-
 @register_source("embed")
 def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.DataFrame:
     """Read EMBED Open Data under ``root`` (``tables/`` + ``images/``)."""
     root = Path(root)
-    clinical = _read_csv(root, CLINICAL, CLINICAL_COLUMNS)
-    metadata = _read_csv(root, METADATA, METADATA_COLUMNS)
+    clinical = _read_csv(root / CLINICAL, CLINICAL_COLUMNS)
+    metadata = _read_csv(root / METADATA, METADATA_COLUMNS)
     findings = finding_rows(clinical, root / CLINICAL)
     images = metadata[metadata["FinalImageType"].str.strip().str.upper().eq("2D")
                       & pd.to_numeric(metadata["spot_mag"], errors="coerce").fillna(0).ne(1)]  # fmt: skip
@@ -125,21 +119,17 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     table["dataset"] = "embed"
     table["patient_id"] = table["empi_anon"]
     table["exam_id"] = table["acc_anon"]
-    table["split"] = split_patients(table["patient_id"], seed=seed, val_fraction=val_fraction)
+    table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
     keep = ["dataset", "patient_id", "exam_id", "image_id", "path", "laterality", "view", "split", "age", "birads",
             "density", "malignant", "mass", "calcification", "mass_shape", "mass_margin", "calc_morphology",
             "calc_distribution", "pathology", "years_to_cancer", "years_to_last_followup", "screening"]  # fmt: skip
     return table[keep].sort_values(["patient_id", "exam_id", "image_id"], ignore_index=True)
 
 
-def _read_csv(root: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    path = root / name
-    if not path.is_file():
-        raise SourceError(f"{path}: EMBED table not found")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], low_memory=False)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}")
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """An EMBED table's ``columns`` as stripped strings ("" = NA), with the 1-based data row as ``source_row``."""
+    options = {"dtype": str, "keep_default_na": False, "na_values": [""], "low_memory": False}
+    table = read_native_table(path, columns, what="EMBED table", **options)
     table = table[list(columns)].apply(lambda column: column.str.strip())
     return table.assign(source_row=table.index + 1)
 

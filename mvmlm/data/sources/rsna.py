@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvmlm.data.sources import SourceError, register_source
-from mvmlm.data.splits import patient_split
+from mvmlm.data.sources import SourceError, csv_line, read_native_table, register_source
+from mvmlm.data.splits import source_less_split
 
-__all__ = ["TRAIN_FILE", "TRAIN_COLUMNS", "TEST_COLUMNS", "TEST_FRACTION", "read", "split_patients"]
+__all__ = ["TRAIN_FILE", "TRAIN_COLUMNS", "TEST_COLUMNS", "read"]
 
 TRAIN_FILE = "train.csv"
 #: documented header orders (the writer uses them; reading goes by name)
@@ -39,16 +39,10 @@ TRAIN_COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age
 TEST_COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age", "implant", "machine_id",
                 "prediction_id")  # fmt: skip
 NEEDED = ("patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy", "BIRADS", "density")
-#: share of patients held out as test (the labelled Kaggle data ships no split)
-TEST_FRACTION = 0.2
+TEXT = ("patient_id", "image_id", "laterality", "view", "density")  # read as text, so ids stay exact strings
 #: BIRADS precedence when the views of a breast disagree (lower rank wins)
 BIRADS_RANK = {0: 0, 2: 1, 1: 2}
 DENSITIES = ("A", "B", "C", "D")
-
-
-def split_patients(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:
-    """RSNA's split: patient-level train / val / test with :data:`TEST_FRACTION` held out."""
-    return patient_split(patient_ids, seed=seed, val_fraction=val_fraction, test_fraction=TEST_FRACTION)
 
 
 @register_source("rsna")
@@ -56,13 +50,9 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     """Read the labelled RSNA training data under ``root`` into the canonical table."""
     root = Path(root)
     path = root / TRAIN_FILE
-    if not path.is_file():
-        raise SourceError(f"{path}: RSNA train.csv not found (download the Kaggle competition data)")
-    train = pd.read_csv(path, dtype={"patient_id": str, "image_id": str, "laterality": str, "view": str,
-                                     "density": str})  # fmt: skip
-    missing = [c for c in NEEDED if c not in train.columns]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; found {list(train.columns)}")
+    train = read_native_table(
+        path, NEEDED, what="RSNA train.csv", hint="download the Kaggle competition data", dtype=dict.fromkeys(TEXT, str)
+    )
     _check_values(train, path)
     breast = [train["patient_id"], train["laterality"]]
     cancer = train["cancer"].astype(int).groupby(breast).transform("max")
@@ -80,7 +70,7 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
         "malignant": cancer,
         "pathology": np.where(cancer == 1, "malignant", np.where(biopsy == 1, "benign", None)),
     })  # fmt: skip
-    table["split"] = split_patients(table["patient_id"], seed=seed, val_fraction=val_fraction)
+    table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
     return table
 
 
@@ -96,6 +86,5 @@ def _check_values(train: pd.DataFrame, path: Path) -> None:
     }
     for column, ok in checks.items():
         if not ok.all():
-            row = int(np.flatnonzero(~ok.to_numpy())[0])
-            raise SourceError(f"{path} row {row + 2}: column {column!r} has {train[column].iloc[row]!r}; "
+            raise SourceError(f"{path} row {csv_line(~ok)}: column {column!r} has {train.loc[~ok, column].iloc[0]!r}; "
                               "see the RSNA data description for its values")  # fmt: skip

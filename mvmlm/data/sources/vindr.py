@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvmlm.data.sources import SourceError, register_source
+from mvmlm.data.sources import SourceError, csv_line, read_native_table, register_source
 from mvmlm.data.splits import patient_split
 
 __all__ = [
@@ -50,6 +50,7 @@ FINDING_COLUMNS = (*BREAST_COLUMNS[:-1], "finding_categories", "finding_birads",
 BREAST_NEEDED = ("study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density", "split")
 FINDING_NEEDED = ("image_id", "height", "width", "finding_categories", "xmin", "ymin", "xmax", "ymax")
 BOX = ("xmin", "ymin", "xmax", "ymax")
+DOWNLOAD = "download it from PhysioNet vindr-mammo 1.0.0"
 #: canonical finding column -> VinDr category
 CATEGORY_OF = {"mass": "Mass", "calcification": "Suspicious Calcification"}
 NO_FINDING = "No Finding"
@@ -68,13 +69,14 @@ def split_studies(study_ids: pd.Series, source_split: pd.Series, *, seed: int, v
 def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.DataFrame:
     """Read VinDr-Mammo under ``root`` into the canonical table (plus the extra column ``boxes``)."""
     root = Path(root)
-    images = _read_csv(root / BREAST_FILE, BREAST_NEEDED)
-    findings = _read_csv(root / FINDING_FILE, FINDING_NEEDED)
+    options = {"what": "VinDr-Mammo table", "hint": DOWNLOAD, "dtype": str, "keep_default_na": False}
+    images = read_native_table(root / BREAST_FILE, BREAST_NEEDED, **options)
+    findings = read_native_table(root / FINDING_FILE, FINDING_NEEDED, **options)
     if not (root / "images").is_dir():
         raise SourceError(f"{root / 'images'}: VinDr image folder not found (images/<study_id>/<image_id>.dicom)")
     unknown = ~images["split"].isin(list(SPLITS))
     if unknown.any():
-        raise SourceError(f"{root / BREAST_FILE} row {_line(unknown)}: column 'split' has "
+        raise SourceError(f"{root / BREAST_FILE} row {csv_line(unknown)}: column 'split' has "
                           f"{images['split'][unknown].iloc[0]!r}; expected one of {sorted(SPLITS)}")  # fmt: skip
     table = pd.DataFrame({
         "dataset": "vindr", "patient_id": images["study_id"], "exam_id": images["study_id"],
@@ -94,28 +96,12 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     return table.drop(columns="categories")
 
 
-def _read_csv(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
-    """A VinDr CSV as strings ("" = empty), checking the columns the adapter reads."""
-    if not path.is_file():
-        raise SourceError(f"{path}: VinDr-Mammo table not found (download it from PhysioNet vindr-mammo 1.0.0)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
-    return table
-
-
-def _line(mask: pd.Series) -> int:
-    """CSV line of the first True row (line 1 is the header)."""
-    return int(np.flatnonzero(mask.to_numpy())[0]) + 2
-
-
 def _parse(table: pd.DataFrame, column: str, pattern: re.Pattern, path: Path) -> pd.Series:
     """The captured group of ``pattern`` in ``table[column]`` ("" -> NA); anything else is an error naming the row."""
     values = table[column].str.strip()
     bad = ~values.str.fullmatch(pattern.pattern) & (values != "")
     if bad.any():
-        raise SourceError(f"{path} row {_line(bad)}: column {column!r} has {values[bad].iloc[0]!r}; "
+        raise SourceError(f"{path} row {csv_line(bad)}: column {column!r} has {values[bad].iloc[0]!r}; "
                           f"expected the pattern {pattern.pattern!r}")  # fmt: skip
     return values.str.extract(f"^{pattern.pattern}$", expand=False).astype("string")
 

@@ -21,13 +21,15 @@ import pandas as pd
 
 from mvmlm.config import MISSING, load_config
 from mvmlm.data import schema
+from mvmlm.data.sources import SOURCE_MODULES
 
 __all__ = ["FORMATS", "TRUTH_FILE", "register_format", "write_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 
 TRUTH_FILE = "synthetic_truth.parquet"
-FORMAT_MODULES = {name: f"mvmlm.data.synthetic.{name}" for name in ("vindr", "rsna", "cmmd", "cbis_ddsm", "embed")}
+#: one writer per source adapter, named like it
+FORMAT_MODULES = {name: f"mvmlm.data.synthetic.{name}" for name in SOURCE_MODULES}
 #: format -> writer(truth, out_dir, height=, width=, seed=) -> expected canonical table
 FORMATS: dict[str, Callable[..., pd.DataFrame]] = {}
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from mvmlm.data.sources.cbis_ddsm import CSV_FILES, split_patients
+from mvmlm.data.sources.cbis_ddsm import CSV_FILES, WORDS, split_patients
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
 
@@ -42,7 +42,6 @@ HEADERS = {
              "abnormality type", "calc type", "calc distribution", "assessment", "pathology", "subtlety",
              "image file path", "cropped image file path", "ROI mask file path"],
 }  # fmt: skip
-SIDE_WORDS = {"L": "LEFT", "R": "RIGHT"}
 KIND_WORDS = {"mass": "Mass", "calc": "Calc"}
 SPLIT_WORDS = {"train": "Training", "test": "Test"}
 COMBINED_SHAPE = ("IRREGULAR-ARCHITECTURAL_DISTORTION", "irregular, architectural distortion")
@@ -103,12 +102,11 @@ class _Writer:
         second = {**main, "pathology": "BENIGN" if first["malignant"] == 1 else "BENIGN_WITHOUT_CALLBACK",
                   "assessment": 2, "calc_morphology": "N/A"}  # fmt: skip
         for _, row in rows.iterrows():
-            pixels = render_mammogram(row.to_dict(), self.height, self.width, seed=self.seed * 7919 + int(row.name))
-            native = np.fliplr(pixels) if row["laterality"] == "R" else pixels
+            native = render_native(row.to_dict(), self.height, self.width, seed=self.seed * 7919 + int(row.name))
             keywords = {"laterality": row["laterality"], "view": row["view"], "photometric": row["photometric"],
                         "bits_stored": int(row["bits_stored"]), "voi_function": row["voi_function"],
                         "transfer_syntax": row["transfer_syntax"]}  # fmt: skip
-            image_id = f"{patient}_{SIDE_WORDS[row['laterality']]}_{row['view']}"
+            image_id = f"{patient}_{WORDS[row['laterality']]}_{row['view']}"
             paths, rois, crops = [], [], []
             for kind in kinds:
                 folder = f"{KIND_WORDS[kind]}-{SPLIT_WORDS[split]}_{image_id}"
@@ -161,7 +159,7 @@ def _csv_row(kind: str, patient: str, row: pd.Series, number: int, values: dict,
     """One case-description CSV row of abnormality ``number`` of the image ``row``."""
     descriptors = ("mass_shape", "mass_margin") if kind == "mass" else ("calc_morphology", "calc_distribution")
     return dict(zip(HEADERS[kind], [
-        patient, "ABCD".index(row["density"]) + 1, SIDE_WORDS[row["laterality"]], row["view"], number,
+        patient, "ABCD".index(row["density"]) + 1, WORDS[row["laterality"]], row["view"], number,
         "mass" if kind == "mass" else "calcification", *(values[d] for d in descriptors), values["assessment"],
         values["pathology"], subtlety, *paths,
     ], strict=True))  # fmt: skip

@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import generate_uid
 
-from mvmlm.data.sources.cmmd import SHEET, TOMPEI_FILE, TOMPEI_POSITIONS, TOMPEI_SHEET, split_patients
+from mvmlm.data.sources.cmmd import OTHER_SIDE, SHEET, TOMPEI_FILE, TOMPEI_POSITIONS, TOMPEI_SHEET
+from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
 
 SUBTYPES = ("Luminal A", "Luminal B", "HER2-enriched", "triple negative")
 DENSITY_WORDS = {"A": "fatty", "B": "scattered", "C": "heterogeneously dense", "D": "extremely dense"}
-OTHER_SIDE = {"L": "R", "R": "L"}
 TOMPEI_WIDTH = max(TOMPEI_POSITIONS.values()) + 1
 
 
@@ -74,7 +74,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         expected += _write_images(exam[exam["laterality"].isin(sides)], out, patient, age, rng, height, width, seed)
     _write_sheets(out, sheet, tompei)
     table = pd.DataFrame(expected)
-    table["split"] = split_patients(table["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
+    table["split"] = source_less_split(table["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
     return table
 
 
@@ -94,9 +94,9 @@ def _write_images(exam: pd.DataFrame, out: Path, patient: str, age: int, rng: np
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for number, (_, row) in enumerate(exam.iterrows(), start=1):
-        pixels = render_mammogram({**row.to_dict(), "bits_stored": 8}, height, width, seed=seed * 7919 + number)
+        pixels = render_native({**row.to_dict(), "bits_stored": 8}, height, width, seed=seed * 7919 + number)
         path = write_mammogram_dicom(
-            folder / f"1-{number}.dcm", np.fliplr(pixels) if row["laterality"] == "R" else pixels,
+            folder / f"1-{number}.dcm", pixels,
             laterality=row["laterality"], view=row["view"], patient_id=patient, study_uid=uid("study"),
             series_uid=uid("series"), sop_uid=uid(row["image_id"]), photometric="MONOCHROME2", bits_stored=8,
             voi_function="SIGMOID", window=(128.0, 256.0), transfer_syntax=row["transfer_syntax"],

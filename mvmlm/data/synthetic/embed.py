@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import generate_uid
 
-from mvmlm.data.sources.embed import CLINICAL, DAYS_PER_YEAR, METADATA, split_patients
+from mvmlm.data.sources.embed import CLINICAL, DAYS_PER_YEAR, METADATA
+from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
 
@@ -81,8 +82,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         years_to_cancer, years_to_followup = _later_exam(clinical, exam, first, date)
         for _, row in rows.iterrows():
             files = [("2D", 0)] + [("cview", 0)] * tomo + [("2D", 1)] * (not screening and row["view"] == "CC")
-            pixels = render_mammogram(row.to_dict(), height, width, seed=seed * 7919 + int(row.name))
-            native = np.fliplr(pixels) if row["laterality"] == "R" else pixels
+            native = render_native(row.to_dict(), height, width, seed=seed * 7919 + int(row.name))
             paths = [_image(out, row, native, str(empi), acc, number, seed) for number in range(len(files))]
             metadata += [{
                 "anon_dicom_path": f"./{path}", "empi_anon": str(empi), "acc_anon": acc,
@@ -102,7 +102,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
     pd.DataFrame(clinical).to_csv(out / CLINICAL, index=False)
     pd.DataFrame(metadata).to_csv(out / METADATA, index=False)
     table = pd.DataFrame(expected)
-    table["split"] = split_patients(table["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
+    table["split"] = source_less_split(table["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
     return table
 
 

@@ -5,7 +5,8 @@ convention). The image shows a half-ellipse breast with a soft skin line, fibrog
 grows with density A -> D, a pectoral muscle triangle in oblique views, and the breast's lesion at the row's
 ``lesion_x`` / ``lesion_y``: an irregular spiculated mass when malignant, an oval/round circumscribed one when
 benign, and a cluster of bright calcification specks (many, pleomorphic, in a linear/segmental spread when
-malignant; few, round, grouped when benign). Writers mirror right breasts (``np.fliplr``) for native orientation.
+malignant; few, round, grouped when benign). :func:`render_native` mirrors right breasts for the native orientation
+the writers store.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["OBLIQUE_VIEWS", "GLAND_FRACTION", "render_mammogram"]
+__all__ = ["OBLIQUE_VIEWS", "GLAND_FRACTION", "render_mammogram", "render_native"]
 
 #: views rendered with a pectoral muscle and the MLO lesion shift
 OBLIQUE_VIEWS = frozenset({"MLO", "ML", "LM", "LMO"})
@@ -146,3 +147,9 @@ def render_mammogram(row: Mapping, height: int, width: int, seed: int) -> np.nda
     image = (image + rng.normal(0.0, NOISE, image.shape)) * skin
     top = 2 ** int(row.get("bits_stored", 12)) - 1
     return np.round(np.clip(image, 0.0, 1.0) * top).astype(np.uint16)
+
+
+def render_native(row: Mapping, height: int, width: int, seed: int) -> np.ndarray:
+    """:func:`render_mammogram` in the breast's native orientation: right breasts mirrored (chest wall on the right)."""
+    pixels = render_mammogram(row, height, width, seed)
+    return np.fliplr(pixels) if row["laterality"] == "R" else pixels

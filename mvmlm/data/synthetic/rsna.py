@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
-from mvmlm.data.sources.rsna import TEST_COLUMNS, TRAIN_COLUMNS, split_patients
+from mvmlm.data.sources.rsna import TEST_COLUMNS, TRAIN_COLUMNS
+from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
 
@@ -79,14 +80,13 @@ def _write_images(rows: pd.DataFrame, out: Path, folder: str, *, height: int, wi
     """Render and write each row to ``<folder>/<patient_id>/<image_id>.dcm``; return the relative paths."""
     paths = []
     for index, row in rows.iterrows():
-        pixels = render_mammogram(row, height, width, seed=seed * 100_019 + index)
         top = (1 << int(row["bits_stored"])) - 1
         sigmoid = row["voi_function"] == "SIGMOID"
         key = ["rsna", str(seed), str(row["image_id"])]
         (out / folder / row["patient_id"]).mkdir(parents=True, exist_ok=True)
         path = write_mammogram_dicom(
             out / folder / row["patient_id"] / f"{row['image_id']}.dcm",
-            np.fliplr(pixels) if row["laterality"] == "R" else pixels,
+            render_native(row, height, width, seed=seed * 100_019 + index),
             laterality=row["laterality"], view=row["view"], patient_id=row["patient_id"],
             study_uid=generate_uid(entropy_srcs=["rsna", str(seed), row["patient_id"]]),
             series_uid=generate_uid(entropy_srcs=[*key, "series"]), sop_uid=generate_uid(entropy_srcs=key),
@@ -143,5 +143,5 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         "age": train["age"], "birads": train["BIRADS"], "density": train["density"], "malignant": train["cancer"],
         "pathology": pathology,
     })  # fmt: skip
-    expected["split"] = split_patients(expected["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
+    expected["split"] = source_less_split(expected["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
     return expected

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mvmlm.data import schema
-from mvmlm.data.splits import patient_split
+from mvmlm.data.splits import source_less_split
 
 __all__ = [
     "DENSITIES", "EXPLICIT_VR_LE", "JPEG2000_LOSSLESS", "JPEG_LS_LOSSLESS", "MASS_SHAPES", "MASS_MARGINS",
@@ -167,7 +167,7 @@ def sample_exams(n_exams: int, seed: int) -> pd.DataFrame:
     rows["lesion_y"] = (rows.lesion_y + shift[:, 1]).round(4)
     keep = ~(acq.missing_view.to_numpy()[exam] & (np.tile(np.arange(4), n_exams) == dropped_slot[exam]))
     rows = rows[keep].drop(columns="missing_view").reset_index(drop=True)
-    rows["split"] = patient_split(rows.patient_id, seed=seed, val_fraction=0.1, test_fraction=0.2)
+    rows["split"] = source_less_split(rows.patient_id, seed=seed, val_fraction=0.1)
     rows = schema.conform(rows)
     rows["voi_function"] = rows.voi_function.astype(object).where(rows.voi_function.notna(), None)
     return rows

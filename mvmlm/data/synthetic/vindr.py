@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 from mvmlm.data.sources import vindr as source
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
-from mvmlm.data.synthetic.phantom import render_mammogram
+from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
 
@@ -74,10 +74,9 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         split = "test" if row["split"] == "test" else "training"
         top = (1 << int(row["bits_stored"])) - 1
         giotto = row["voi_function"] == "LINEAR" and exam % 2 == 0
-        pixels = render_mammogram(row, height, width, seed=seed * 100_003 + index)
         (out / "images" / study).mkdir(parents=True, exist_ok=True)
         path = write_mammogram_dicom(
-            out / "images" / study / f"{image}.dicom", np.fliplr(pixels) if row["laterality"] == "R" else pixels,
+            out / "images" / study / f"{image}.dicom", render_native(row, height, width, seed=seed * 100_003 + index),
             laterality=row["laterality"], view=row["view"], patient_id=study,
             study_uid=generate_uid(entropy_srcs=[study]), series_uid=generate_uid(entropy_srcs=[series]),
             sop_uid=generate_uid(entropy_srcs=[image]), photometric=row["photometric"],
