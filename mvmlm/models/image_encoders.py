@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +169,6 @@ for _name in ("resnet18", "resnet34", "resnet50", "efficientnet_b5"):
 register_image_encoder("timm:")(TimmEncoder)
 
 
-# The VSSM encoders register themselves on import; that module may not exist in every checkout.
-if importlib.util.find_spec("mvmlm.models.vssm_encoders") is not None:
-    importlib.import_module("mvmlm.models.vssm_encoders")
+# Encoders defined in their own modules register themselves when imported (after the registry above exists).
+for _module in ("mvmlm.models.vssm_encoders", "mvmlm.models.mambavision"):
+    importlib.import_module(_module)

@@ -230,7 +230,7 @@ class _Layout:
             raw = raw + self.bias
         dt = F.softplus(raw) if self.softplus else raw
         u = self.chunk(self.u, s, e)
-        a = torch.exp(dt.unsqueeze(-1) * self.A)
+        a = (dt.unsqueeze(-1) * self.A).exp_()
         bu = (dt * u).unsqueeze(-1) * self.chunk(self.B, s, e)
         return raw, dt, u, a, bu
 
@@ -316,7 +316,9 @@ def _backward(ctx, u, delta, A, B, C, D, z, delta_bias, boundaries, g_out, g_las
         for t in range(e - s - 2, -1, -1):
             g_steps[t].addcmul_(a_steps[t + 1], g_steps[t + 1])
         carry = a[0] * g[0]
-        g_log_a = g * torch.cat([boundaries[i].unsqueeze(0), states[:-1]]) * a  # dL/d(dt * A)
+        g_log_a = a.mul_(g)  # dL/d(dt * A) = g_t * Abar_t * h_{t-1}, built in place of Abar
+        g_log_a[1:].mul_(states[:-1])
+        g_log_a[0].mul_(boundaries[i])
         gA += (g_log_a * dt.unsqueeze(-1)).sum((0, 1))
         g_bu = _readout(g, B_c)  # sum_n g * B
         g_dt = (g_log_a * lay.A).sum(-1) + g_bu * u_c
