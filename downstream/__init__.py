@@ -1,0 +1,1 @@
+"""Downstream evaluation of mammography image encoders: embeddings, linear probe, fine-tuning, zero-shot."""

@@ -1,0 +1,1 @@
+"""MV-MLM pretraining: multi-view CLIP between mammograms (CC + MLO of a breast) and synthetic reports."""

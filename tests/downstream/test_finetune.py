@@ -1,0 +1,59 @@
+"""Fine-tuning: selection on validation only (the test split is read once, after training), class weights, views."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import downstream.finetune as finetune
+from downstream.embed import EncoderConfig, build_backbone
+from downstream.finetune import BreastClassifier, class_weights
+
+from .conftest import REPO
+
+TINY = str(REPO / "configs/downstream/tiny_finetune.yaml")
+
+
+def test_test_split_is_read_once_after_model_selection_on_validation(downstream_data, random_checkpoint, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    reads: list[str] = []
+    original = finetune.predict
+
+    def recording(acc, model, loader):
+        reads.append(loader.dataset.split)
+        return original(acc, model, loader)
+
+    monkeypatch.setattr(finetune, "predict", recording)
+    metrics = finetune.main(["--config", TINY, f"data.table={downstream_data.table}", f"out={tmp_path / 'run'}",
+                             f"encoders.mvmlm.checkpoint={random_checkpoint}", "train.epochs=3", "train.patience=3",
+                             "bootstrap=20"])  # fmt: skip
+    (result,) = metrics["results"]
+    runs = result["epochs_run"]
+    assert reads == ["val"] * runs + ["test"]
+    (history,) = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    scores = [epoch["val_score"] for epoch in history["history"]]
+    assert result["best_epoch"] == int(np.argmax(scores)) and result["val_score"] == max(scores)
+    assert (tmp_path / "run" / "plots" / "roc_mass_1.0.png").is_file()
+
+
+def test_class_weights_balance_the_training_labels():
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0, 0.0])  # n / (present classes * count); absent: 0
+
+
+def test_a_missing_view_does_not_change_the_prediction(random_checkpoint):
+    torch.manual_seed(0)
+    model = BreastClassifier(build_backbone(EncoderConfig(checkpoint=str(random_checkpoint))), 2).eval()
+    images = torch.rand(2, 2, 1, 64, 48)
+    present = torch.tensor([[True, False], [True, True]])
+    noisy = images.clone()
+    noisy[0, 1] = torch.rand(1, 64, 48)  # the absent view's pixels
+    with torch.no_grad():
+        logits, again = model(images, present), model(noisy, present)
+        single = model.head(model.backbone(images[0, :1]))
+    torch.testing.assert_close(logits, again)
+    torch.testing.assert_close(logits[0], single[0])
+    assert logits.shape == (2, 2)

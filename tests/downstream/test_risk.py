@@ -1,0 +1,135 @@
+"""Risk models learn a planted hazard (and not shuffled features); the command runs end to end on synthetic EMBED."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from downstream.risk_metrics import survival_arrays
+from downstream.risk_models import (
+    AdditiveHazardHead,
+    CoxnetConfig,
+    HazardConfig,
+    RiskModelsConfig,
+    RiskSplit,
+    fit_risk_model,
+    masked_bce,
+)  # fmt: skip
+from mvmlm.metrics import harrell_c
+
+N_EXAMS = 400
+# Measured (seed 0): coxnet C ~0.74, hazard head C ~0.72 on the planted features; ~0.48 on shuffled ones.
+PLANTED_MIN_C, SHUFFLED_MAX_C = 0.65, 0.58
+CONFIG = RiskModelsConfig(
+    coxnet=CoxnetConfig(n_alphas=10), hazard=HazardConfig(hidden=0, epochs=50, batch_size=64, lr=1e-2)
+)
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exam features carrying what the synthetic hazard depends on (density, benign lesion, cancer now) plus noise."""
+    from mvmlm.data.synthetic.truth import DENSITIES, sample_exams
+
+    rows = sample_exams(N_EXAMS, seed=0)
+    exams = rows.groupby("exam_id", sort=True).agg(
+        density=("density", "first"), ytc=("years_to_cancer", "first"), ytlf=("years_to_last_followup", "first"),
+        benign=("pathology", lambda s: (s == "benign").any()), malignant=("malignant", "max"),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    signal = np.c_[np.searchsorted(DENSITIES, exams.density.astype(str)), exams.benign, exams.malignant]
+    features = np.c_[signal, np.zeros((N_EXAMS, 13))] + rng.normal(scale=0.5, size=(N_EXAMS, 16))
+    return features, exams.ytc.to_numpy(float), exams.ytlf.to_numpy(float)
+
+
+def _splits(features: np.ndarray, ytc: np.ndarray, ytlf: np.ndarray) -> list[RiskSplit]:
+    bounds = [0, int(0.6 * N_EXAMS), int(0.75 * N_EXAMS), N_EXAMS]
+    return [
+        RiskSplit(features[a:b], ytc[a:b], ytlf[a:b], [str(i) for i in range(a, b)], [str(i) for i in range(a, b)])
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
+def _test_c(name: str, features: np.ndarray, ytc: np.ndarray, ytlf: np.ndarray) -> float:
+    train, val, test = _splits(features, ytc, ytlf)
+    torch.set_num_threads(1)
+    scores = fit_risk_model(name, train, val, CONFIG).predict(test.features)
+    assert scores.probs.shape == (len(test), 5)
+    assert (np.diff(scores.probs, axis=1) >= -1e-9).all()  # cumulative risk never decreases
+    return harrell_c(*survival_arrays(*test.follow_up), scores.risk)
+
+
+@pytest.mark.parametrize("name", ["coxnet", "hazard"])
+def test_risk_model_learns_planted_hazard(name, planted):
+    assert _test_c(name, *planted) > PLANTED_MIN_C
+
+
+@pytest.mark.parametrize("name", ["coxnet", "hazard"])
+def test_risk_model_on_shuffled_features_is_near_chance(name, planted):
+    features, ytc, ytlf = planted
+    shuffled = features[np.random.default_rng(1).permutation(N_EXAMS)]
+    assert _test_c(name, shuffled, ytc, ytlf) < SHUFFLED_MAX_C
+
+
+def test_additive_hazard_head_is_monotone_and_masked_bce_ignores_unknown_years():
+    torch.manual_seed(0)
+    head = AdditiveHazardHead(8, max_followup=5, hidden=4, dropout=0.0)
+    logits = head(torch.randn(6, 8))
+    assert logits.shape == (6, 5) and (logits.diff(dim=1) >= 0).all()
+    y = torch.zeros(1, 5)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    low, high = torch.full((1, 5), -5.0), torch.tensor([[-5.0, -5.0, 9.0, 9.0, 9.0]])
+    assert masked_bce(high, y, mask) == pytest.approx(float(masked_bce(low, y, mask)))
+
+
+def test_risk_model_needs_training_cancers(planted):
+    features, _, ytlf = planted
+    train, val, _ = _splits(features, np.full(N_EXAMS, np.nan), ytlf)
+    with pytest.raises(ValueError, match="no cancer"):
+        fit_risk_model("coxnet", train, val, CONFIG)
+    with pytest.raises(ValueError, match="unknown risk model"):
+        fit_risk_model("mirai", train, val, CONFIG)
+
+
+@pytest.fixture(scope="module")
+def embed_cache(synthetic_dataset, tmp_path_factory):
+    from mvmlm.data.preprocess import PreprocessParams, cache_folder, preprocess_table
+
+    root, table = synthetic_dataset("embed", exams=24, seed=0)
+    out = tmp_path_factory.mktemp("risk_cache")
+    preprocess_table(table, root, out, PreprocessParams(48, 32), progress=False)
+    return cache_folder(out, PreprocessParams(48, 32)) / "table.parquet"
+
+
+def test_risk_command_writes_mirai_csv_table_and_plots(embed_cache, tmp_path):
+    from downstream.risk import main
+
+    out = tmp_path / "run"
+    result = main(["--config", "configs/downstream/risk/tiny.yaml", f"data.table={embed_cache}", f"out={out}",
+                   "data.val_split=train"])  # fmt: skip
+    assert set(result["models"]) == {"coxnet", "hazard"}
+    assert {"harrell_c", "uno_c", "td_auc_2y", "td_auc_5y", "mirai_auc_1y", "mirai_auc_5y"} <= set(
+        result["models"]["coxnet"]
+    )
+    csv = pd.read_csv(out / "risk_hazard.csv")
+    assert list(csv.columns) == ["patient_exam_id", *[f"{k}_year_risk" for k in range(1, 6)]]
+    assert len(csv) == result["counts"]["test"]["exams"] and csv.patient_exam_id.str.contains("\t").all()
+    assert (out / "metrics.json").is_file() and (out / "results.md").read_text().count("| coxnet |") == 1
+    assert (out / "plots" / "calibration_coxnet.png").is_file()
+    assert (out / "plots" / "km_quartiles_hazard.png").is_file()
+
+
+def test_risk_command_rejects_unknown_model_and_table_without_follow_up(embed_cache, tmp_path):
+    from downstream.risk import main
+    from mvmlm.config import ConfigError
+    from mvmlm.data import schema
+
+    with pytest.raises(ConfigError, match="mirai"):
+        main(["--config", "configs/downstream/risk/tiny.yaml", f"data.table={embed_cache}", f"out={tmp_path}/a",
+              "models=[mirai]"])  # fmt: skip
+    table = schema.read_table(embed_cache).assign(years_to_cancer=pd.NA, years_to_last_followup=pd.NA)
+    bare = embed_cache.parent / "bare.parquet"
+    schema.write_table(table, bare)
+    with pytest.raises(ValueError, match="no years_to_cancer / years_to_last_followup"):
+        main(["--config", "configs/downstream/risk/tiny.yaml", f"data.table={bare}", f"out={tmp_path}/b"])

@@ -1,0 +1,116 @@
+"""mvmlm.training: optimizer groups, the schedule, checkpoint rotation and resume lookup, layout check, trackers."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mvmlm import training
+from mvmlm.training import (
+    TrainState,
+    WarmupCosine,
+    checkpoint_dirs,
+    latest_checkpoint,
+    param_groups,
+    resolve_resume,
+    warmup_cosine_schedule,
+)
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.norm = nn.LayerNorm(4)
+        self.table = nn.Parameter(torch.zeros(5, 4))
+        self.table._no_weight_decay = True
+        self.logit_scale = nn.Parameter(torch.tensor(1.0))
+        self.frozen = nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+
+
+def test_no_decay_on_norms_biases_scalars_and_marked_parameters():
+    model = _Toy()
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p is model.linear.weight for p in decay["params"]] == [True]
+    marked = {id(p) for p in (model.linear.bias, model.norm.weight, model.norm.bias, model.table, model.logit_scale)}
+    assert {id(p) for p in no_decay["params"]} == marked
+
+
+def test_warmup_then_cosine_to_the_floor():
+    f = WarmupCosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="bad schedule"):
+        warmup_cosine_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 2, 0)
+
+
+def test_scheduler_steps_once_per_call_and_round_trips_its_state():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine_schedule(opt, 2, 10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 1 / 8)))
+    restored = warmup_cosine_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0), 2, 10)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.last_epoch == 3 and restored.get_last_lr() == sched.get_last_lr()
+
+
+def test_checkpoint_lookup_ignores_unfinished_saves(tmp_path):
+    for name in ("step_00000002", "step_00000010", ".tmp-step_00000012", "other"):
+        (tmp_path / name).mkdir()
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [2, 10]
+    assert latest_checkpoint(tmp_path).name == "step_00000010"
+    assert resolve_resume("latest", tmp_path).name == "step_00000010"
+    assert resolve_resume("", tmp_path) is None and resolve_resume("latest", tmp_path / "none") is None
+    with pytest.raises(FileNotFoundError, match="resume checkpoint not found"):
+        resolve_resume(str(tmp_path / "step_00000099"), tmp_path)
+
+
+class _OneProcess:
+    """The part of an Accelerator that save_checkpoint uses."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path, safe_serialization=True):
+        torch.save(torch.zeros(1), f"{path}/state.pt")
+
+
+def test_save_rotates_and_replaces_atomically(tmp_path):
+    acc = _OneProcess()
+    (tmp_path / ".tmp-step_00000001").mkdir(parents=True)  # left by a killed save
+    for step in (1, 2, 3):
+        training.save_checkpoint(acc, tmp_path, step, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000003"]
+    assert (tmp_path / "step_00000003" / "state.pt").is_file()
+
+
+def test_resume_with_another_layout_is_refused():
+    saved = TrainState(step=7, layout={"num_processes": 2, "batch_size": 8}).state_dict()
+    state = TrainState(layout={"num_processes": 4, "batch_size": 8})
+    with pytest.raises(ValueError, match="num_processes: 2 -> 4"):
+        state.load_state_dict(saved)
+    same = TrainState(layout={"num_processes": 2, "batch_size": 8})
+    same.load_state_dict(saved)
+    assert same.step == 7
+
+
+def test_missing_tensorboard_falls_back_with_a_warning(monkeypatch, caplog):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="mvmlm.training"):
+        assert training.tracker_name("tensorboard") is None
+    assert "pip install tensorboard" in caplog.text
+    assert training.tracker_name("none") is None
+    with pytest.raises(ValueError, match="unknown tracker 'wandb'"):
+        training.tracker_name("wandb")
