@@ -27,9 +27,9 @@ from accelerate import Accelerator
 from mvmlm.config import build_config
 from mvmlm.losses import MultiViewClipLoss, text_group_ids
 from mvmlm.models.mvclip import MVCLIP
+from mvmlm.models.tiny_text import write_tiny_text_model
 from pretrain.config import PretrainConfig
 from pretrain.step import contrastive_backward
-from pretrain.tiny_text import write_tiny_text_model
 from pretrain.train import DeviceTextEncoder
 
 REPO = Path(__file__).resolve().parents[1]

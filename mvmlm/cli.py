@@ -21,13 +21,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("mvmlm.data.preprocess", "decode, crop and resize images into the 16-bit image cache"),
     "reports": ("report_synthesis.run", "write synthetic per-breast radiology reports from a canonical table"),
     "pretrain": ("pretrain.train", "MV-CLIP pretraining on breasts + reports (also `accelerate launch -m pretrain`)"),
-    "probe": ("downstream.linear_probe", "linear probe of frozen encoders (checkpoint, random init, ImageNet) at fractions"),
+    "probe": (
+        "downstream.linear_probe",
+        "linear probe of frozen encoders (checkpoint, random init, ImageNet) at fractions",
+    ),
     "finetune": ("downstream.finetune", "fine-tune an image tower + linear head at label fractions"),
     "zeroshot": ("downstream.zeroshot", "zero-shot breast classification with class prompt ensembles"),
     "multiview": ("downstream.multiview", "four-view BI-RADS + malignancy classifier and its grid (`multiview grid`)"),
     "coattention": ("downstream.coattention", "co-attention of images and metadata text vs image/text-only baselines"),
     "risk": ("downstream.risk", "breast-cancer risk: Coxnet and additive-hazard head; C-index, 2y/5y AUC"),
-    "dual-stream": ("downstream.dual_stream", "Mammo-Mamba dual-stream (lesion crop + whole image) benign vs malignant"),
+    "dual-stream": (
+        "downstream.dual_stream",
+        "Mammo-Mamba dual-stream (lesion crop + whole image) benign vs malignant",
+    ),
     "info": ("mvmlm.info", "package versions and whether CUDA, mamba-ssm kernels and vLLM are usable"),
     "demo": ("mvmlm.demo", "run the toolkit end to end on built-in synthetic data"),
 }
@@ -45,6 +51,8 @@ def _usage() -> str:
 def run_command(entry: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main`` turning user errors (bad config, missing files) into a message and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "openjpeg"):  # per-checkpoint / per-tile INFO lines drown the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         entry(None if argv is None else list(argv))
     except (ConfigError, FileNotFoundError) as exc:

@@ -27,8 +27,8 @@ def downstream_data(synthetic_dataset, tmp_path_factory) -> DownstreamData:
     from mvmlm.data.preprocess import PreprocessParams, cache_folder, preprocess_table
     from mvmlm.data.splits import patient_split
     from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
+    from mvmlm.models.tiny_text import write_tiny_text_model
     from pretrain.data import read_reports
-    from pretrain.tiny_text import write_tiny_text_model
     from report_synthesis.run import main as write_reports
 
     root, table = synthetic_dataset("vindr", exams=EXAMS, seed=0)
