@@ -207,39 +207,41 @@ def train(s: Session) -> dict:
         _log_eval(s, 0, results["before"])
     bar = tqdm(total=s.total_steps, initial=s.state.step, desc="pretrain", disable=not acc.is_local_main_process)
     log_file = s.run.file(LOG_FILE).open("a") if main_process else None
-    while s.state.step < s.total_steps:
-        epoch, done = divmod(s.state.step, s.steps_per_epoch)
-        for obj in (s.train_set, s.train_sampler, s.train_loader):
-            obj.set_epoch(epoch)
-        loader = acc.skip_first_batches(s.train_loader, done * k) if done else s.train_loader
-        batches = iter(loader)
-        for _ in range(done, s.steps_per_epoch):
-            record = _optimizer_step(s, [next(batches) for _ in range(k)])
-            s.state.step += 1
-            step = s.state.step
-            record = {"step": step, "epoch": epoch, **record}
-            results["losses"].append(record["loss"])
-            if log_file is not None:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-            if step % cfg.train.log_every == 0 or step == s.total_steps:
-                acc.log({f"train/{key}": v for key, v in record.items() if key not in ("step", "epoch")}, step=step)
-            bar.update()
-            bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
-            if step >= s.total_steps:
-                break
-            if cfg.eval.every and step % cfg.eval.every == 0:
-                values = _evaluate_all(s, ("val",))
-                results["val_history"].append({"step": step, **values.get("val", {})})
-                _log_eval(s, step, values)
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
-                save_checkpoint(acc, s.run.file("checkpoints"), step, cfg.train.keep_checkpoints)
-        else:
-            for _ in batches:  # the < accum_steps left-over batches: finish the pass so Accelerate closes it
-                pass
-    bar.close()
-    if log_file is not None:
-        log_file.close()
+    try:  # close the bar and the log also when a step raises (NaN guard), so nothing prints after the run
+        while s.state.step < s.total_steps:
+            epoch, done = divmod(s.state.step, s.steps_per_epoch)
+            for obj in (s.train_set, s.train_sampler, s.train_loader):
+                obj.set_epoch(epoch)
+            loader = acc.skip_first_batches(s.train_loader, done * k) if done else s.train_loader
+            batches = iter(loader)
+            for _ in range(done, s.steps_per_epoch):
+                record = _optimizer_step(s, [next(batches) for _ in range(k)])
+                s.state.step += 1
+                step = s.state.step
+                record = {"step": step, "epoch": epoch, **record}
+                results["losses"].append(record["loss"])
+                if log_file is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if step % cfg.train.log_every == 0 or step == s.total_steps:
+                    acc.log({f"train/{key}": v for key, v in record.items() if key not in ("step", "epoch")}, step=step)
+                bar.update()
+                bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
+                if step >= s.total_steps:
+                    break
+                if cfg.eval.every and step % cfg.eval.every == 0:
+                    values = _evaluate_all(s, ("val",))
+                    results["val_history"].append({"step": step, **values.get("val", {})})
+                    _log_eval(s, step, values)
+                if cfg.train.save_every and step % cfg.train.save_every == 0:
+                    save_checkpoint(acc, s.run.file("checkpoints"), step, cfg.train.keep_checkpoints)
+            else:
+                for _ in batches:  # the < accum_steps left-over batches: finish the pass so Accelerate closes it
+                    pass
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
     save_checkpoint(acc, s.run.file("checkpoints"), s.state.step, cfg.train.keep_checkpoints)
     results["after"] = _evaluate_all(s)
     _log_eval(s, s.state.step, results["after"])
