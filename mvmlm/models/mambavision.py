@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mvmlm.models.image_encoders import ImageEncoder, register_image_encoder
 from mvmlm.models.selective_scan import selective_scan
+from mvmlm.models.ss2d import mamba_a_log, mamba_dt_bias
 from mvmlm.models.vssm import SeqMoEGate
 
 __all__ = [
@@ -123,10 +124,9 @@ class MambaMixer(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, half)  # Mamba's init (as SS2D): weight U(+-R^-0.5), bias softplus^-1
         self.dt_proj._keep_init = True
         nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.exp(torch.empty(half).uniform_(math.log(dt_min), math.log(dt_max))).clamp(min=dt_init_floor)
         with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(half, 1))
+            self.dt_proj.bias.copy_(mamba_dt_bias((half,), dt_min, dt_max, dt_init_floor))
+        self.A_log = nn.Parameter(mamba_a_log(half, d_state))
         self.D = nn.Parameter(torch.ones(half))
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out_proj = nn.Linear(d_inner, dim, bias=False)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mvmlm.models.selective_scan import selective_scan
 
-__all__ = ["K_DIRECTIONS", "SS2D", "cross_merge", "cross_scan", "no_weight_decay_names"]
+__all__ = ["K_DIRECTIONS", "SS2D", "cross_merge", "cross_scan", "mamba_a_log", "mamba_dt_bias", "no_weight_decay_names"]
 
 K_DIRECTIONS = 4
 
@@ -45,6 +45,17 @@ def _no_weight_decay(param: nn.Parameter) -> nn.Parameter:
 def no_weight_decay_names(module: nn.Module) -> set[str]:
     """Names of parameters tagged ``_no_weight_decay`` (the SSM's ``A_logs`` and ``Ds``); give them decay 0."""
     return {name for name, p in module.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+
+def mamba_dt_bias(shape: tuple[int, ...], dt_min: float, dt_max: float, dt_init_floor: float) -> Tensor:
+    """Mamba's dt bias init: softplus^-1 of dt = exp(U[ln dt_min, ln dt_max]) clamped at ``dt_init_floor``."""
+    dt = torch.exp(torch.empty(shape).uniform_(math.log(dt_min), math.log(dt_max))).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+def mamba_a_log(rows: int, d_state: int) -> Tensor:
+    """Mamba's (S4D-real) A init: ``A_log[r] = log(1..d_state)`` for each of ``rows`` channels."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(rows, 1)
 
 
 class SS2D(nn.Module):
@@ -93,10 +104,8 @@ class SS2D(nn.Module):
         bound = d_inner**-0.5  # nn.Linear's default init, one (R + 2N) x Di projection per direction
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * d_state, d_inner).uniform_(-bound, bound))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, r).uniform_(-(r**-0.5), r**-0.5))
-        dt = torch.exp(torch.empty(k, d_inner).uniform_(math.log(dt_min), math.log(dt_max))).clamp(min=dt_init_floor)
-        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(k * d_inner, 1)
-        self.A_logs = _no_weight_decay(nn.Parameter(a_log))
+        self.dt_projs_bias = nn.Parameter(mamba_dt_bias((k, d_inner), dt_min, dt_max, dt_init_floor))
+        self.A_logs = _no_weight_decay(nn.Parameter(mamba_a_log(k * d_inner, d_state)))
         self.Ds = _no_weight_decay(nn.Parameter(torch.ones(k * d_inner)))
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
