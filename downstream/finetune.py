@@ -9,7 +9,9 @@ subset), AdamW with warmup + cosine decay, and stops early when the validation s
 read, once. Model selection never sees the test split.
 
 The run directory holds what :func:`mvmlm.evaluation.report` writes plus ``history.jsonl`` (per epoch: training
-loss, validation score).
+loss, validation score). With ``save_models: true`` every fine-tuned model (its best validation epoch) is kept in
+``models/<encoder>_<task>_<fraction>_<seed>/`` (``model.safetensors`` + ``config.yaml``, and for an MV-MLM tower the
+pretraining ``encoder/config.yaml``, so the folder is self-contained); :func:`load_finetuned` reads one back.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import copy
 import itertools
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,17 +37,18 @@ from tqdm.auto import tqdm
 
 from downstream.embed import Backbone, EncoderConfig, build_backbone, pool_views
 from downstream.tasks import DataConfig, Task, get_tasks, load_breasts, sample_fraction
+from mvmlm.checkpoint import CONFIG_NAME, load_checkpoint_config, load_weights, save_checkpoint
 from mvmlm.cli import run_command
 from mvmlm.config import ConfigError, load_config
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import AugmentConfig, build_transform
-from mvmlm.evaluation import Evaluation, pivot_markdown, report, validation_score
+from mvmlm.evaluation import Evaluation, pivot_markdown, report, slug, validation_score
 from mvmlm.rundir import RunDir
 from mvmlm.training import check_finite, param_groups, warmup_cosine_schedule
 
 __all__ = [
-    "OptimConfig", "TrainConfig", "FinetuneConfig", "BreastClassifier", "class_weights", "predict", "finetune_one",
-    "run_finetune", "main",
+    "OptimConfig", "TrainConfig", "FinetuneConfig", "FinetunedModelConfig", "BreastClassifier", "class_weights",
+    "predict", "finetune_one", "save_finetuned", "load_finetuned", "run_finetune", "main",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,18 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     bootstrap: int = 1000
     plots: bool = True
+    save_models: bool = False  # keep every fine-tuned model under models/ (one per encoder x task x fraction x seed)
     out: str = "runs/finetune"
+
+
+@dataclass
+class FinetunedModelConfig:
+    """What rebuilds a saved fine-tuned model: its encoder (architecture only), task, classes and view pooling."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    task: str = ""
+    class_names: list[str] = field(default_factory=list)
+    pool: str = "mean"
 
 
 class BreastClassifier(nn.Module):
@@ -173,9 +189,10 @@ def _train_epoch(acc: Accelerator, model, loader, optimizer, scheduler, weights:
 
 def finetune_one(
     acc: Accelerator, encoder: EncoderConfig, task: Task, splits: dict[str, tuple[pd.DataFrame, np.ndarray]],
-    cfg: FinetuneConfig, seed: int,
+    cfg: FinetuneConfig, seed: int, save_to: Path | None = None,
 ) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Train on ``splits["train"]``, select the epoch on ``splits["val"]``, then score ``splits["test"]`` once.
+    With ``save_to`` the selected model is saved there (by the main process) before the test split is read.
 
     Returns:
         The test scores and a summary (best epoch, epochs run, validation score, per-epoch history).
@@ -205,10 +222,38 @@ def finetune_one(
     if best_state is None:
         raise ValueError(f"task {task.name!r}: no finite validation score in {len(history)} epoch(s)")
     acc.unwrap_model(model).load_state_dict(best_state)
+    if save_to is not None and acc.is_main_process:
+        save_finetuned(save_to, acc.unwrap_model(model), encoder, task, cfg.pool)
     test_scores = predict(acc, model, acc.prepare(loaders["test"]))
     acc.free_memory()
     return test_scores, {"best_epoch": best["epoch"], "epochs_run": len(history), "val_score": best["val_score"],
                          "selected_by": best["selected_by"], "history": history}  # fmt: skip
+
+
+ENCODER_DIR = "encoder"  # a saved model's copy of its MV-MLM pretraining config
+
+
+def save_finetuned(directory: Path, model: BreastClassifier, encoder: EncoderConfig, task: Task, pool: str) -> Path:
+    """Write ``model`` to ``directory`` so that :func:`load_finetuned` rebuilds it without the pretraining files."""
+    stored = EncoderConfig(**{**vars(encoder), "init": "random"})  # the architecture; the weights are in the file
+    if encoder.source == "mvclip":
+        (directory / ENCODER_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(encoder.checkpoint) / CONFIG_NAME, directory / ENCODER_DIR / CONFIG_NAME)
+        stored.checkpoint = ENCODER_DIR
+    config = FinetunedModelConfig(stored, task.name, list(task.class_names), pool)
+    return save_checkpoint(directory, model.state_dict(), config)
+
+
+def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastClassifier, FinetunedModelConfig]:
+    """A model saved by ``save_models: true`` (eval mode on ``device``) and its config."""
+    directory = Path(directory)
+    config = load_checkpoint_config(directory, FinetunedModelConfig)
+    encoder = config.encoder
+    if encoder.source == "mvclip":
+        encoder = EncoderConfig(**{**vars(encoder), "checkpoint": str(directory / encoder.checkpoint)})
+    model = BreastClassifier(build_backbone(encoder), len(config.class_names), config.pool)
+    model.load_state_dict(load_weights(directory))
+    return model.to(device).eval(), config
 
 
 def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
@@ -225,7 +270,8 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
             train = rows["train"][sample_fraction(patients[rows["train"]], labels[rows["train"]], fraction, seed)]
             chosen = {**rows, "train": train}
             splits = {k: (breasts.iloc[idx].reset_index(drop=True), labels[idx]) for k, idx in chosen.items()}
-            scores, summary = finetune_one(acc, encoder, task, splits, cfg, seed)
+            save_to = run.file(f"models/{slug([encoder_name, task.name, fraction, seed])}") if cfg.save_models else None
+            scores, summary = finetune_one(acc, encoder, task, splits, cfg, seed, save_to)
             info = {"encoder": encoder_name, "task": task.name, "fraction": fraction, "seed": seed,
                     "n_train": len(train), **{k: v for k, v in summary.items() if k != "history"}}  # fmt: skip
             histories.append({**info, "history": summary["history"]})

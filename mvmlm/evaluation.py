@@ -31,7 +31,7 @@ from mvmlm.rundir import RunDir
 
 __all__ = [
     "METRICS", "predict_classes", "score_predictions", "summarize", "markdown_table", "write_results",
-    "validation_score", "Evaluation", "report", "pivot_markdown",
+    "validation_score", "Evaluation", "report", "pivot_markdown", "slug",
 ]  # fmt: skip
 
 #: metric name -> (function of (y_true, scores, y_pred), display name)
@@ -206,7 +206,8 @@ class Evaluation:
     class_names: Sequence[str]
 
 
-def _slug(values: Sequence[Any]) -> str:
+def slug(values: Sequence[Any]) -> str:
+    """``values`` joined by ``_`` as one file-name-safe string (other characters become ``-``)."""
     return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", str(v)) for v in values)
 
 
@@ -234,11 +235,11 @@ def _plot_groups(run: RunDir, evaluations: Sequence[Evaluation], keys: Sequence[
     for group, series in groups.items():
         names = next(iter(series.values())).class_names
         title = ", ".join(f"{k} {v}" for k, v in zip([k for k in keys if k != series_key], group, strict=True))
-        slug = _slug(group)
+        stem = slug(group)
         roc = {name: (e.y_true, e.scores) for name, e in series.items()}
         cm = {name: (e.y_true, predict_classes(e.scores)) for name, e in series.items()}
-        written.append(str(plot_roc(run.file(f"plots/roc_{slug}.png"), roc, names, title)))
-        written.append(str(plot_confusion(run.file(f"plots/confusion_{slug}.png"), cm, names, title)))
+        written.append(str(plot_roc(run.file(f"plots/roc_{stem}.png"), roc, names, title)))
+        written.append(str(plot_confusion(run.file(f"plots/confusion_{stem}.png"), cm, names, title)))
     return written
 
 

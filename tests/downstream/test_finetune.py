@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import downstream.finetune as finetune
 from downstream.embed import EncoderConfig, build_backbone
-from downstream.finetune import BreastClassifier, class_weights
+from downstream.finetune import BreastClassifier, class_weights, load_finetuned
+from downstream.tasks import DataConfig, load_breasts
+from mvmlm.data.exams import BreastDataset
 
 from .conftest import REPO
 
@@ -57,3 +61,23 @@ def test_a_missing_view_does_not_change_the_prediction(random_checkpoint):
     torch.testing.assert_close(logits, again)
     torch.testing.assert_close(logits[0], single[0])
     assert logits.shape == (2, 2)
+
+
+def test_saved_fine_tuned_model_is_self_contained_and_reproduces_the_test_predictions(
+    downstream_data, random_checkpoint, tmp_path
+):
+    run = tmp_path / "run"
+    finetune.main(["--config", TINY, f"data.table={downstream_data.table}", f"out={run}", "save_models=true",
+                   f"encoders.mvmlm.checkpoint={random_checkpoint}", "train.epochs=2", "bootstrap=0"])  # fmt: skip
+    (saved,) = (run / "models").iterdir()
+    assert saved.name == "mvmlm_mass_1.0_0"
+    moved = shutil.move(saved, tmp_path / "elsewhere")  # needs nothing from the run or the pretraining folder
+    model, config = load_finetuned(moved)
+    assert config.task == "mass" and config.class_names == ["no mass", "mass"] and config.encoder.init == "random"
+    expected = pd.read_parquet(run / "predictions.parquet")
+    breasts = load_breasts(DataConfig(table=str(downstream_data.table))).set_index("breast_id")
+    test = breasts.loc[expected["id"]].reset_index()
+    views = BreastDataset(test, labels=())
+    with torch.no_grad():
+        scores = [model(item["images"][None], item["mask"][None]).softmax(-1)[0, 1].item() for item in views]
+    np.testing.assert_allclose(scores, [s[0] for s in expected["scores"]], rtol=1e-4, atol=1e-5)
