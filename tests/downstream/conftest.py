@@ -4,50 +4,20 @@ margin test)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ..conftest import TextImageSet
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMS = 64  # 128 breasts: ~50 % train, 15 % val, 35 % test (by patient)
 
 
-@dataclass
-class DownstreamData:
-    table: Path  # table.parquet of the preprocess cache
-    corpus: Path  # template report corpus (2 variants per breast)
-    text_model: Path  # tiny random BERT with the corpus vocabulary
-    text_cache: Path  # its filled hidden-state cache
-
-
 @pytest.fixture(scope="session")
-def downstream_data(synthetic_dataset, tmp_path_factory) -> DownstreamData:
-    from mvmlm.data import schema
-    from mvmlm.data.preprocess import PreprocessParams, cache_folder, preprocess_table
-    from mvmlm.data.splits import patient_split
-    from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
-    from mvmlm.models.tiny_text import write_tiny_text_model
-    from pretrain.data import read_reports
-    from report_synthesis.run import main as write_reports
-
-    root, table = synthetic_dataset("vindr", exams=EXAMS, seed=0)
-    work = tmp_path_factory.mktemp("downstream_data")
-    table = table.assign(split=patient_split(table.patient_id, seed=0, val_fraction=0.15, test_fraction=0.35))
-    truth = work / "table.parquet"
-    schema.write_table(table, truth)
-    params = PreprocessParams(height=64, width=48)
-    preprocess_table(table, root, work / "cache", params, progress=False)
-    corpus = work / "reports"
-    write_reports(["--config", str(REPO / "configs/reports/template.yaml"), f"table={truth}", f"out={corpus}",
-                   "variants=2", "progress=false"])  # fmt: skip
-    texts = sorted({text for variants in read_reports(corpus).values() for text in variants})
-    text_model = write_tiny_text_model(work / "bert", texts)
-    cache = TextFeatureCache(work / "text_cache", FrozenTextEncoder(str(text_model), None, max_length=96))
-    cache.ensure(texts)
-    return DownstreamData(
-        cache_folder(work / "cache", params) / "table.parquet", corpus, text_model, work / "text_cache"
-    )
+def downstream_data(text_image_set) -> TextImageSet:
+    """64 exams re-split by patient with a larger test split."""
+    return text_image_set(EXAMS, test_fraction=0.35)
 
 
 def tiny_config(text_model: Path, encoder: str = "timm:test_resnet"):
