@@ -240,7 +240,7 @@ def run_coattention(cfg: CoAttentionConfig, run: RunDir) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(CoAttentionConfig, argv, prog="python -m downstream.coattention",
-                      description=__doc__.split("\n\n")[0])  # fmt: skip
+                      description=__doc__)  # fmt: skip
     run = RunDir.create(cfg.out, cfg)
     results = run_coattention(cfg, run)
     run.write_metrics(results)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from downstream.dual_stream_model import MammoMamba, MammoMambaModelConfig
 from downstream.multiview_data import assign_split
 from mvmlm.checkpoint import save_checkpoint
+from mvmlm.cli import run_command
 from mvmlm.config import MISSING, ConfigError, load_config
 from mvmlm.data.exams import BREAST_KEYS, BREAST_SLOTS, BreastDataset, build_breasts
 from mvmlm.data.preprocess import read_cached_table
@@ -284,4 +286,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

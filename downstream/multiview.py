@@ -10,6 +10,11 @@ Run the paper's grid (Tables 2-4: 6 backbones x multi / single task x 3 task set
     python -m downstream.multiview grid --config configs/downstream/multiview/grid_paper.yaml \\
         run.data.table=CACHE/table.parquet 'only=[binary/*]'
 
+A run directory (``out``) holds ``config.yaml``, ``provenance.json``, ``log.txt``, ``best/`` (weights + config of
+the best validation epoch), ``metrics.json`` (AUC / F1-macro per task, per side and pooled, with bootstrap CIs; mean
+attention per view and per missing-view pattern), ``predictions_<split>.csv`` and ``plots/``; the grid folder holds
+one run directory per configuration plus ``results.md`` / ``results.csv``.
+
 The model, data, training and grid live in ``downstream.multiview_{model,data,train,eval,grid}``.
 """
 

@@ -180,7 +180,7 @@ def run_risk(cfg: RiskConfig, run: RunDir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load_config(RiskConfig, argv, prog="python -m downstream.risk", description=__doc__.split("\n\n")[0])
+    cfg = load_config(RiskConfig, argv, prog="python -m downstream.risk", description=__doc__)
     run = RunDir.create(cfg.out, cfg)
     results = run_risk(cfg, run)
     run.write_metrics(results)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from mvmlm.cli import COMMANDS
-from mvmlm.config import load_config
+from mvmlm.config import ConfigError, load_config
 from mvmlm.data import schema
 from mvmlm.data.contact_sheet import contact_sheet
 from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, preprocess_table
@@ -31,6 +31,12 @@ from mvmlm.rundir import RunDir
 __all__ = ["DemoConfig", "main"]
 
 log = logging.getLogger(__name__)
+SOURCE_TREE = Path(__file__).resolve().parents[1]  # configs/ lives beside the packages in a source checkout
+#: the config file of each model stage (found here, or else in the source tree)
+STAGE_CONFIGS = {
+    "pretrain": "configs/pretrain/tiny_cpu.yaml", "probe": "configs/downstream/tiny_probe.yaml",
+    "multiview": "configs/downstream/multiview/tiny.yaml", "risk": "configs/downstream/risk/tiny.yaml",
+}  # fmt: skip
 
 
 @dataclass
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(DemoConfig, argv, parser=parser)
     # Tiny synthetic splits often hold one class: scikit-learn then warns on every confusion matrix.
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+    for name in [cfg.reports_config, *(STAGE_CONFIGS.values() if cfg.model_stages else [])]:
+        config_file(name)  # fail before any stage runs
     run = RunDir.create(cfg.out, cfg)
     root = run.file("data")
     log.info("1/9 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
@@ -110,6 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def config_file(name: str) -> str:
+    """``name`` as given when it exists (or is absolute), else resolved in the source tree's ``configs/``."""
+    path = Path(name)
+    if path.is_absolute() or path.is_file():
+        return str(path)
+    found = SOURCE_TREE / path
+    if not found.is_file():
+        raise ConfigError(f"config file not found: {name} (neither here nor in the source tree {SOURCE_TREE})")
+    return str(found)
+
+
 def run_command(name: str, argv: list[str]):
     """Run an ``mvmlm`` command by name, as the umbrella CLI does (the core imports no application package)."""
     return importlib.import_module(COMMANDS[name][0]).main(argv)
@@ -119,7 +138,7 @@ def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
     """Stage 5: reports per breast with the template backend; prints a few."""
     out = run.file("reports")
     log.info("5/9 writing per-breast reports (%s)", cfg.reports_config)
-    metrics = run_command("reports", ["--config", cfg.reports_config, f"table={run.file('table.parquet')}",
+    metrics = run_command("reports", ["--config", config_file(cfg.reports_config), f"table={run.file('table.parquet')}",
                                       f"out={out}", "progress=false"])  # fmt: skip
     corpus = pd.read_parquet(sorted((out / "parts").glob("part-*.parquet")))
     print(f"\nreports: {len(corpus)} for {corpus.breast_id.nunique()} breasts, e.g.")
@@ -135,7 +154,7 @@ def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
     texts = sorted(set(pd.read_parquet(sorted((corpus / "parts").glob("part-*.parquet"))).report))
     bert = write_tiny_text_model(run.file("tiny_text_model"), texts)
     res = run_command("pretrain", [
-        "--config", "configs/pretrain/tiny_cpu.yaml", f"data.table={table}", f"data.corpus={corpus}",
+        "--config", config_file(STAGE_CONFIGS["pretrain"]), f"data.table={table}", f"data.corpus={corpus}",
         f"model.text.model={bert}", "model.text.hidden_size=32", f"out={run.file('pretrain')}",
         f"model.image.image_size=[{cfg.height},{cfg.width}]", "model.image.encoder=timm:test_resnet",
         f"train.max_steps={cfg.pretrain_steps}", "optim.lr=1e-2", "optim.warmup_steps=3", "data.val_split=test",
@@ -150,7 +169,7 @@ def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
 def probe(run: RunDir, table: Path, model_dir: str) -> dict:
     """Stage 7: linear probe of the pretrained tiny model vs its random init at 1 / 10 / 100 % (prints the table)."""
     log.info("7/9 linear probe: pretrained vs random init")
-    metrics = run_command("probe", ["--config", "configs/downstream/tiny_probe.yaml", f"data.table={table}",
+    metrics = run_command("probe", ["--config", config_file(STAGE_CONFIGS["probe"]), f"data.table={table}",
                                     f"encoders.mvmlm.checkpoint={model_dir}", f"out={run.file('probe')}",
                                     f"embed.cache={run.file('embeddings')}"])  # fmt: skip
     return {"run": str(run.file("probe")), "summary": metrics["summary"]}
@@ -160,7 +179,7 @@ def multiview(cfg: DemoConfig, run: RunDir, table: Path) -> dict:
     """Stage 8: a tiny four-view classifier (BI-RADS 4-5 stands in for malignancy: VinDr has no pathology)."""
     log.info("8/9 four-view classifier")
     module = importlib.import_module(COMMANDS["multiview"][0])
-    results = module.main(["--config", "configs/downstream/multiview/tiny.yaml", f"data.table={table}",
+    results = module.main(["--config", config_file(STAGE_CONFIGS["multiview"]), f"data.table={table}",
                            "data.label_from=birads_4_5", f"data.image_size=[{cfg.height},{cfg.width}]",
                            f"out={run.file('multiview')}"])  # fmt: skip
     print("\n" + "\n".join(module.summary_lines(results)))
@@ -177,7 +196,7 @@ def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str)
     preprocess_table(table, root, run.file("cache_embed"), params, workers=cfg.workers)
     print("\nrisk prediction on synthetic EMBED follow-up (test split, patient-bootstrap 95 % CIs):")
     result = run_command("risk", [
-        "--config", "configs/downstream/risk/tiny.yaml", f"out={run.file('risk')}",
+        "--config", config_file(STAGE_CONFIGS["risk"]), f"out={run.file('risk')}",
         f"data.table={cache_folder(run.file('cache_embed'), params) / TABLE_FILE}",
         "encoder.source=mvclip", f"encoder.checkpoint={model_dir}",
     ])  # fmt: skip

@@ -19,8 +19,10 @@ clipped to the map; a map not divisible by the window is zero-padded, and attent
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ from mvmlm.models.image_encoders import ImageEncoder, register_image_encoder
 from mvmlm.models.selective_scan import selective_scan
 from mvmlm.models.ss2d import mamba_a_log, mamba_dt_bias
 from mvmlm.models.vssm import SeqMoEGate
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SIZES", "ConvBlock", "MambaMixer", "WindowAttention", "HybridBlock", "HybridStage", "MambaVisionHybrid",
@@ -278,7 +282,11 @@ class MambaVisionHybrid(ImageEncoder):
         window_size: attention / Mamba window per hybrid stage (an int for both); 0 = the whole map.
         seqmoe: SeqMoE depth gating in the hybrid stages (Mammo-Mamba); False = plain MambaVision.
         freeze_stages: the first this many stages (0-4) get no gradient and keep BatchNorm statistics fixed
-            (Mammo-Mamba: 2). The stem stays trainable, as the paper fine-tunes the patch embedding.
+            (Mammo-Mamba: 2, on pretrained weights). The stem stays trainable, as the paper fine-tunes the patch
+            embedding. Freezing randomly initialised stages is allowed but logged as a warning.
+        pretrained_path: a ``.safetensors`` file with this architecture's weights, e.g. the ``model.safetensors`` of
+            an MV-MLM checkpoint pretrained with this encoder (with ``pretrained_prefix: image.encoder.``).
+        pretrained_prefix: only tensors whose names start with it are read, the prefix removed.
         d_state, d_conv, expand, mlp_ratio, drop_path_rate, scan_backend: Mamba mixer and block settings.
     """
 
@@ -300,6 +308,8 @@ class MambaVisionHybrid(ImageEncoder):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.2,
         scan_backend: str | None = None,
+        pretrained_path: str | None = None,
+        pretrained_prefix: str = "",
     ) -> None:
         super().__init__()
         if size not in SIZES:
@@ -334,8 +344,36 @@ class MambaVisionHybrid(ImageEncoder):
         self.norm = nn.BatchNorm2d(widths[-1])
         self.out_channels, self.stride = widths[-1], 32
         self.apply(_init_weights)
+        if pretrained_path:
+            self.load_pretrained(pretrained_path, pretrained_prefix)
+        elif freeze_stages:
+            log.warning("mambavision_hybrid: freezing %d randomly initialised stage(s); give pretrained_path, or set "
+                        "freeze_stages=0 to train them", freeze_stages)  # fmt: skip
         for stage in self.stages[:freeze_stages]:
             stage.requires_grad_(False)
+
+    def load_pretrained(self, path: str | Path, prefix: str = "") -> None:
+        """Load the tensors of a safetensors file named ``prefix<parameter>``; every parameter must be there.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: no tensor with ``prefix``, or names / shapes that do not match this architecture.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"mambavision_hybrid: pretrained_path not found: {path}")
+        state = {name[len(prefix) :]: t for name, t in load_file(str(path)).items() if name.startswith(prefix)}
+        if not state:
+            raise ValueError(f"mambavision_hybrid: {path} has no tensor named {prefix!r}...")
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"mambavision_hybrid: {path} does not fit this architecture: {exc}") from None
+        if missing or unexpected:
+            raise ValueError(f"mambavision_hybrid: {path} does not fit this architecture: {len(missing)} missing "
+                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")  # fmt: skip
 
     def train(self, mode: bool = True) -> MambaVisionHybrid:
         """Frozen stages stay in eval mode (fixed BatchNorm statistics)."""

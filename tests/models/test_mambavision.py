@@ -27,6 +27,26 @@ def test_forward_backward_shape_and_gradients(seqmoe):
     assert bool(model.seqmoe_gates()) == seqmoe
 
 
+def test_pretrained_weights_load_by_prefix_and_a_mismatch_is_refused(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    source = _tiny().eval()
+    path = tmp_path / "model.safetensors"
+    save_file({f"image.encoder.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    with caplog.at_level("WARNING"):
+        loaded = _tiny(pretrained_path=str(path), pretrained_prefix="image.encoder.", freeze_stages=2).eval()
+    assert "randomly initialised" not in caplog.text
+    torch.manual_seed(1)
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(loaded(x), source(x))
+    with pytest.raises(ValueError, match="does not fit"):
+        _tiny(dim=16, pretrained_path=str(path), pretrained_prefix="image.encoder.")
+    with pytest.raises(ValueError, match="no tensor named"):
+        _tiny(pretrained_path=str(path), pretrained_prefix="text.")
+    _tiny(freeze_stages=1)
+    assert "freezing 1 randomly initialised stage" in caplog.text
+
+
 def test_frozen_stages_get_no_gradient_and_keep_batchnorm_statistics():
     model = _tiny(freeze_stages=2).train()
     frozen = dict(model.stages[:2].named_parameters())
