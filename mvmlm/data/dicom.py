@@ -44,6 +44,7 @@ DECODER_PACKAGES: dict[str, str] = {
 }
 _WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+_LOOKUP_BLOCK = 1 << 18  # pixels per np.take call in a table lookup (see _lookup)
 
 
 class DicomReadError(ValueError):
@@ -81,15 +82,18 @@ def read_mammogram(path: str | Path) -> tuple[np.ndarray, MammogramMeta]:
     ds = _dcmread(path)
     _check_for_presentation(ds, path)
     stored = _stored_pixels(ds, path)
-    display = _display_map(ds, _voi_kind(ds), stored)
+    kind = _voi_kind(ds)
+    display = _display_map(ds, kind, stored)
     step = max(1, max(stored.shape) // 256)
     flipped = _chest_wall_on_right(display(stored[::step, ::step]))
-    return display(stored[:, ::-1] if flipped else stored), _meta(ds, flipped=flipped)  # output is C-contiguous
+    image = display(stored[:, ::-1] if flipped else stored)  # C-contiguous either way
+    return image, _meta(ds, voi_function=kind, flipped=flipped)
 
 
 def read_dicom_header(path: str | Path) -> MammogramMeta:
     """Metadata of a DICOM file without reading its pixel data (``flipped`` is None)."""
-    return _meta(_dcmread(path, stop_before_pixels=True), flipped=None)
+    ds = _dcmread(path, stop_before_pixels=True)
+    return _meta(ds, voi_function=_voi_kind(ds), flipped=None)
 
 
 def _dcmread(path: str | Path, **kwargs) -> Dataset:
@@ -167,23 +171,25 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     return center, width
 
 
-def _voi_lut(ds: Dataset) -> tuple[float, np.ndarray] | None:
-    """(first mapped value, table) of the first VOILUTSequence item, or None."""
+def _voi_lut_item(ds: Dataset) -> Dataset | None:
+    """The first VOILUTSequence item when it has a LUTDescriptor and non-empty LUTData, else None."""
     seq = ds.get("VOILUTSequence")
-    if not seq or "LUTDescriptor" not in seq[0] or "LUTData" not in seq[0]:
-        return None
-    item = seq[0]
+    item = seq[0] if seq else None
+    return item if item is not None and "LUTDescriptor" in item and item.get("LUTData") is not None else None
+
+
+def _voi_lut(item: Dataset) -> tuple[float, np.ndarray]:
+    """(first mapped value, table) of a VOI LUT item (converting a long table takes milliseconds: do it once)."""
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     data = item.LUTData
     if isinstance(data, bytes):
         data = np.frombuffer(data, "<u2" if bits > 8 else "u1")
-    table = np.asarray(data, dtype=np.float64).ravel()[: entries or 65536]
-    return (float(first), table) if table.size else None
+    return float(first), np.asarray(data, dtype=np.float64).ravel()[: entries or 65536]
 
 
 def _voi_kind(ds: Dataset) -> str:
     """Which VOI transform :func:`read_mammogram` applies (see :attr:`MammogramMeta.voi_function`)."""
-    if _voi_lut(ds) is not None:
+    if _voi_lut_item(ds) is not None:
         return "LUT"
     if _window(ds) is None:
         return "NONE"
@@ -202,7 +208,7 @@ def _display_map(ds: Dataset, kind: str, stored: np.ndarray) -> Callable[[np.nda
     invert = _inverted(ds)
     if kind in ("LUT", "SIGMOID"):
         if kind == "LUT":
-            first, table = _voi_lut(ds)
+            first, table = _voi_lut(_voi_lut_item(ds))
             low, span = table.min(), max(float(table.max() - table.min()), 1e-12)
 
             def curve(v: np.ndarray) -> np.ndarray:
@@ -232,10 +238,11 @@ def _display_map(ds: Dataset, kind: str, stored: np.ndarray) -> Callable[[np.nda
 
 
 def _affine(scale: float, offset: float) -> Callable[[np.ndarray], np.ndarray]:
-    """clip(scale * x + offset, 0, 1) in float32, one output allocation."""
+    """clip(scale * x + offset, 0, 1) in float32: one C-contiguous output, then in-place passes over it."""
 
     def apply(x: np.ndarray) -> np.ndarray:
-        out = np.multiply(x, np.float32(scale), dtype=np.float32)
+        out = x.astype(np.float32, order="C")
+        out *= np.float32(scale)
         out += np.float32(offset)
         return np.clip(out, 0.0, 1.0, out=out)
 
@@ -248,9 +255,25 @@ def _tabulated(
     """curve(slope * x + intercept) as float32; one table lookup for unsigned values of up to 16 bits."""
     if stored.dtype.kind == "u" and stored.dtype.itemsize <= 2:
         values = np.arange(int(stored.max()) + 1 if stored.size else 1, dtype=np.float64)
-        table = curve(values * slope + intercept).astype(np.float32)
-        return table.__getitem__
+        return _lookup(curve(values * slope + intercept).astype(np.float32))
     return lambda x: curve(x.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _lookup(table: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> table[x] for a 2-D x of indices into table, a block of rows at a time.
+
+    np.take copies each block's indices to intp; small blocks keep that copy in cache. mode="wrap" (no index ever
+    wraps: the table covers 0..max of the image) writes straight into ``out``; the default mode buffers it.
+    """
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape, table.dtype)
+        rows = max(1, _LOOKUP_BLOCK // max(1, x.shape[1]))
+        for start in range(0, x.shape[0], rows):
+            table.take(x[start : start + rows], out=out[start : start + rows], mode="wrap")
+        return out
+
+    return apply
 
 
 def _chest_wall_on_right(display: np.ndarray) -> bool:
@@ -287,13 +310,13 @@ def _age(value: str | None) -> float | None:
     return int(value[:-1]) * _AGE_UNITS[value[-1].upper()]
 
 
-def _meta(ds: Dataset, *, flipped: bool | None) -> MammogramMeta:
+def _meta(ds: Dataset, *, voi_function: str, flipped: bool | None) -> MammogramMeta:
     laterality = _text(ds, "ImageLaterality", "Laterality")
     return MammogramMeta(
         laterality=laterality.upper() if laterality else None,
         view=_view(ds),
         photometric=str(ds.get("PhotometricInterpretation", "")),
-        voi_function=_voi_kind(ds),
+        voi_function=voi_function,
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
         bits_stored=int(ds.get("BitsStored", 0) or 0),
         rows=int(ds.get("Rows", 0) or 0),

@@ -128,6 +128,56 @@ def test_voi_lut_sequence_takes_precedence_over_the_window(tmp_path, vr):
     np.testing.assert_allclose(image[0], 1.0 - ramp()[0][::-1] / 4095, atol=1e-6)  # inverted, then mirrored
 
 
+def reference_display(ds: pydicom.Dataset) -> np.ndarray:
+    """The DICOM display pipeline in float64 from the stored values: rescale, VOI, inversion (no flip)."""
+    value = float(ds.RescaleSlope) * ds.pixel_array.astype(np.float64) + float(ds.RescaleIntercept)
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        _, first, _ = item.LUTDescriptor
+        table = np.asarray(item.LUTData, dtype=np.float64)
+        looked_up = table[np.clip(np.rint(value - first), 0, table.size - 1).astype(int)]
+        display = (looked_up - table.min()) / (table.max() - table.min())
+    elif "WindowCenter" not in ds:
+        display = (value - value.min()) / (value.max() - value.min())
+    else:
+        center, width = float(ds.WindowCenter), float(ds.WindowWidth)
+        function = ds.get("VOILUTFunction", "LINEAR")
+        if function == "SIGMOID":
+            display = 1.0 / (1.0 + np.exp(-4.0 * (value - center) / width))
+        elif function == "LINEAR_EXACT":
+            display = np.clip((value - center) / width + 0.5, 0, 1)
+        else:
+            display = np.clip((value - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+    return 1.0 - display if ds.PhotometricInterpretation == "MONOCHROME1" else display
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("voi", ["LINEAR", "LINEAR_EXACT", "SIGMOID", "NONE", "LUT"])
+def test_large_16_bit_right_breast_matches_a_float64_reference(tmp_path, voi, photometric):
+    """More pixels than one table-lookup block, every VOI, both photometrics, mirrored: float32 rounding only."""
+    rng = np.random.default_rng(1)
+    rows, cols = 600, 512
+    breast = np.arange(cols) >= cols // 3  # against the right edge: read_mammogram must mirror it
+    pixels = np.where(breast, rng.integers(20000, 65536, (rows, cols)), rng.integers(0, 3000, (rows, cols)))
+    tags = {"RescaleSlope": 1, "RescaleIntercept": -900}
+    if voi == "NONE":
+        tags |= {"WindowCenter": None, "WindowWidth": None}
+    if voi == "LUT":
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [30000, 1000, 16]
+        item.add_new("LUTData", "US", (65535 * np.sqrt(np.linspace(0, 1, 30000))).round().astype(np.uint16).tolist())
+        tags |= {"VOILUTSequence": pydicom.Sequence([item])}
+    voi_function = voi if voi in ("LINEAR_EXACT", "SIGMOID") else None
+    path = write(
+        tmp_path, pixels=pixels.astype(np.uint16), bits_stored=16, photometric=photometric, voi_function=voi_function,
+        window=(30000, 50000), laterality="R", extra_tags=tags,
+    )  # fmt: skip
+    image, meta = read_mammogram(path)
+    assert (meta.voi_function, meta.flipped, image.dtype, image.shape) == (voi, True, np.float32, (rows, cols))
+    assert image.flags.c_contiguous
+    np.testing.assert_allclose(image, reference_display(pydicom.dcmread(path))[:, ::-1], rtol=0, atol=1e-6)
+
+
 def test_file_without_window_is_stretched_to_its_own_range(tmp_path):
     pixels = (ramp() // 4 + 500).astype(np.uint16)
     image, meta = read_mammogram(write(tmp_path, pixels=pixels, extra_tags={"WindowCenter": None, "WindowWidth": None}))
