@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,6 +24,8 @@ __all__ = ["MISSING", "ConfigError", "load_config", "config_to_yaml", "config_to
 
 T = TypeVar("T")
 
+_HELP_FLAGS = ("-h", "--help")
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid (unknown key, wrong type, missing value)."""
@@ -30,7 +33,7 @@ class ConfigError(ValueError):
 
 def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
-    msg = getattr(exc, "msg", None) or str(exc).splitlines()[0]
+    msg = (getattr(exc, "msg", None) or str(exc)).partition("\n")[0]  # drop OmegaConf's full_key/object_type lines
     where = f"key {key!r}" if key else "config"
     return ConfigError(f"{source}: {where}: {msg}")
 
@@ -42,22 +45,41 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _explain(exc, source) from None
 
 
-def build_config(schema: type[T], files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
-    """Merge ``schema`` defaults, YAML ``files`` (in order) and dotted ``overrides``; return the dataclass.
+def _missing_leaves(node: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted keys of the ``???`` values in a plain nested dict (lists are merged whole, so they keep theirs)."""
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if value == MISSING:
+            yield f"{prefix}{key}"
+        else:
+            yield from _missing_leaves(value, f"{prefix}{key}.")
+
+
+def _load(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.load(path)  # type: ignore[return-value]
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _merged_config(schema: type, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """``schema`` defaults, YAML ``files`` (in order) and dotted ``overrides`` merged; values may still be ``???``.
+
+    A file's ``???`` stays mandatory even where the schema has a default (OmegaConf's merge would keep the
+    default, e.g. on a new entry of a ``dict[str, SomeDataclass]``) until a later file or override sets it.
 
     Raises:
         ConfigError: naming the file or override and the key at fault.
     """
     cfg = OmegaConf.structured(schema)
     for file in files:
-        path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml errors come in several types
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        loaded = _load(Path(file))
+        cfg = _merge(cfg, loaded, str(file))
+        for key in _missing_leaves(OmegaConf.to_container(loaded, resolve=False, throw_on_missing=False)):
+            OmegaConf.update(cfg, key, MISSING, merge=False)
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
@@ -67,6 +89,16 @@ def build_config(schema: type[T], files: Sequence[str | Path] = (), overrides: S
         except OmegaConfBaseException as exc:
             raise _explain(exc, f"override {item!r}") from None
         cfg = _merge(cfg, dot, f"override {item!r}")
+    return cfg
+
+
+def build_config(schema: type[T], files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
+    """Merge ``schema`` defaults, YAML ``files`` (in order) and dotted ``overrides``; return the dataclass.
+
+    Raises:
+        ConfigError: naming the file or override and the key at fault, or every mandatory value left unset.
+    """
+    cfg = _merged_config(schema, files, overrides)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
@@ -78,20 +110,56 @@ def build_config(schema: type[T], files: Sequence[str | Path] = (), overrides: S
         raise _explain(exc, "config") from None
 
 
-def describe_config(schema: type) -> str:
-    """The dotted keys of ``schema`` with their defaults, for ``--help``."""
-    flat = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, throw_on_missing=False)
-    lines: list[str] = []
+@functools.lru_cache
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return get_type_hints(cls)
+    except NameError:  # an annotation naming a class its module cannot see (e.g. one local to a function)
+        return {}
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}." if isinstance(value, dict) and value else f"{prefix}{key}")
-            return
-        lines.append(f"  {prefix.rstrip('.')} = {node}")
 
-    walk(flat, "")
-    return "\n".join(lines)
+def _child_type(node_type: Any, key: Any) -> Any:
+    """The type of ``key`` inside a node of ``node_type`` (a dataclass or ``dict[str, V]``), or None."""
+    if dataclasses.is_dataclass(node_type):
+        return _field_types(node_type).get(key)
+    if get_origin(node_type) is dict:
+        return get_args(node_type)[1]
+    return None
+
+
+def _show(value: Any) -> str:
+    return "''" if value == "" else str(value)
+
+
+def _describe(node: Any, node_type: Any, name: str) -> Iterator[str]:
+    """``name = value`` lines; an empty ``dict[str, SomeDataclass]`` also shows one entry's defaults as ``<name>``."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _describe(value, _child_type(node_type, key), f"{name}.{key}" if name else str(key))
+        return
+    yield f"  {name} = {_show(node)}"
+    entry = get_args(node_type)[1] if get_origin(node_type) is dict else None
+    if node == {} and isinstance(entry, type) and dataclasses.is_dataclass(entry):
+        defaults = OmegaConf.to_container(OmegaConf.structured(entry), resolve=False, throw_on_missing=False)
+        yield from _describe(defaults, entry, f"{name}.<name>")
+
+
+def describe_config(schema: type, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> str:
+    """The dotted keys of ``schema`` with their values after ``files`` and ``overrides`` (defaults if none).
+
+    For ``--help``: mandatory values not yet given show as ``???``, interpolations unresolved.
+
+    Raises:
+        ConfigError: a file is missing or invalid, or an override is.
+    """
+    tree = OmegaConf.to_container(_merged_config(schema, files, overrides), resolve=False, throw_on_missing=False)
+    return "\n".join(_describe(tree, schema, ""))
+
+
+def _epilog(schema: type, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> str:
+    given = [*(f"--config {file}" for file in files), *overrides]
+    header = f"config keys after {' '.join(given)}" if given else "config keys with defaults"
+    return f"{header} (override with key=value):\n{describe_config(schema, files, overrides)}"
 
 
 def load_config(
@@ -109,16 +177,23 @@ def load_config(
     """
     parser = parser or argparse.ArgumentParser(prog=prog, description=description)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys (override with key=value):\n" + describe_config(schema)
+    parser.epilog = _epilog(schema)  # for the help argparse prints itself (an abbreviation such as --he)
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    wants_help = parser.add_help and any(arg in _HELP_FLAGS for arg in args)
+    parsed = parser.parse_intermixed_args([arg for arg in args if not (wants_help and arg in _HELP_FLAGS)])
     extra = [
         f"{key}={value}"
-        for key, value in vars(args).items()
+        for key, value in vars(parsed).items()
         if key not in ("config", "overrides") and value is not None
     ]
-    return build_config(schema, args.config, extra + list(args.overrides))
+    overrides = extra + list(parsed.overrides)
+    if wants_help:  # the keys as these files and overrides leave them
+        parser.epilog = _epilog(schema, parsed.config, overrides)
+        parser.print_help()
+        parser.exit()
+    return build_config(schema, parsed.config, overrides)
 
 
 def config_to_dict(cfg: Any) -> dict:

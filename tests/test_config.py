@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from mvmlm.config import MISSING, ConfigError, build_config, config_to_yaml, load_config
+from mvmlm.config import MISSING, ConfigError, build_config, config_to_yaml, describe_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -78,3 +82,86 @@ def test_resolved_yaml_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config_to_yaml(cfg))
     assert build_config(Example, [path]) == cfg
+
+
+@dataclass
+class Encoder:
+    source: str = "mvclip"
+    checkpoint: str = ""
+
+
+@dataclass
+class Encoders:
+    encoders: dict[str, Encoder] = field(default_factory=dict)
+    options: dict[str, int] = field(default_factory=dict)
+    name: str = "run"
+
+
+def test_yaml_mandatory_value_on_dict_of_dataclass_entry_stays_mandatory(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("encoders:\n  a:\n    checkpoint: ???\nname: ???\n")
+    with pytest.raises(ConfigError, match=r"missing mandatory value\(s\): encoders\.a\.checkpoint, name;"):
+        build_config(Encoders, [path])
+
+
+def test_yaml_mandatory_value_is_satisfied_by_a_later_file_or_override(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("encoders:\n  a:\n    checkpoint: ???\n")
+    second.write_text("encoders:\n  a:\n    checkpoint: /from/file\n")
+    assert build_config(Encoders, [first, second]).encoders["a"].checkpoint == "/from/file"
+    cfg = build_config(Encoders, [first], ["encoders.a.checkpoint=/from/override"])
+    assert cfg.encoders == {"a": Encoder(checkpoint="/from/override")}
+
+
+def test_probe_yaml_mandatory_checkpoint_is_reported():
+    from downstream.linear_probe import ProbeConfig
+
+    with pytest.raises(ConfigError, match=r"missing mandatory value\(s\): encoders\.mvmlm\.checkpoint"):
+        build_config(ProbeConfig, [REPO / "configs/downstream/tiny_probe.yaml"], ["data.table=x"])
+
+
+def test_help_lists_empty_dicts_and_dict_entry_schema():
+    text = describe_config(Encoders)
+    lines = text.splitlines()
+    assert "  encoders = {}" in lines and "  options = {}" in lines
+    assert "  encoders.<name>.source = mvclip" in lines and "  encoders.<name>.checkpoint = ''" in lines
+    assert not any(line.startswith("  options.<name>") for line in lines)
+
+
+def test_help_after_config_shows_merged_values(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("encoders:\n  a:\n    checkpoint: ???\n")
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(Encoders, ["--config", str(path), "name=x", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"config keys after --config {path} name=x" in out
+    assert "  encoders.a.checkpoint = ???" in out and "  name = x" in out
+    assert "encoders.<name>" not in out
+
+
+def test_help_without_config_says_defaults(capsys):
+    with pytest.raises(SystemExit):
+        load_config(Example, ["-h"])
+    assert "config keys with defaults" in capsys.readouterr().out
+
+
+def test_help_with_missing_config_file_fails(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Example, ["--config", str(tmp_path / "nope.yaml"), "--help"])
+
+
+def test_help_keeps_command_flags(capsys):
+    parser = argparse.ArgumentParser(prog="cmd")
+    parser.add_argument("--name")
+    with pytest.raises(SystemExit):
+        load_config(Example, ["--name", "flagged", "--help"], parser=parser)
+    out = capsys.readouterr().out
+    assert "--name NAME" in out and "  name = flagged" in out
+
+
+def test_errors_are_one_line():
+    for override in ("train.heigth=3", "train.epochs=many"):
+        with pytest.raises(ConfigError) as info:
+            build_config(Example, overrides=["data.root=/x", override])
+        assert "\n" not in str(info.value) and "full_key" not in str(info.value)
