@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mvmlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_path, load_checkpoint_config
+from mvmlm.config import ConfigError
 from mvmlm.data.exams import BREAST_SLOTS
-from mvmlm.data.preprocess import load_cached
+from mvmlm.data.preprocess import NotCachedError, load_cached
 from mvmlm.models.image_encoders import create_image_encoder
 from mvmlm.models.mvclip import ImageTower, MVCLIPConfig, load_image_tower
 
@@ -99,9 +100,9 @@ def register_source(
 
 def _check(cfg: EncoderConfig) -> None:
     if cfg.source not in _SOURCES:
-        raise ValueError(f"unknown encoder source {cfg.source!r}; known: {', '.join(sorted(_SOURCES))}")
+        raise ConfigError(f"unknown encoder source {cfg.source!r}; known: {', '.join(sorted(_SOURCES))}")
     if cfg.init not in INITS:
-        raise ValueError(f"encoder init must be one of {INITS}, got {cfg.init!r}")
+        raise ConfigError(f"encoder init must be one of {INITS}, got {cfg.init!r}")
 
 
 def build_backbone(cfg: EncoderConfig) -> Backbone:
@@ -120,7 +121,7 @@ def encoder_fingerprint(cfg: EncoderConfig) -> dict:
 
 def _checkpoint_dir(cfg: EncoderConfig) -> Path:
     if not cfg.checkpoint:
-        raise ValueError("encoder source 'mvclip' needs checkpoint=<directory with model.safetensors + config.yaml>")
+        raise ConfigError("encoder source 'mvclip' needs checkpoint=<directory with model.safetensors + config.yaml>")
     directory = Path(cfg.checkpoint)
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in checkpoint directory {directory}")
@@ -239,12 +240,14 @@ def image_embeddings(table: pd.DataFrame, encoder: EncoderConfig, cfg: EmbedConf
     """Embeddings of every image of a preprocessed ``table`` (its ``cache_path`` column), from the cache if there.
 
     Raises:
-        ValueError: ``table`` has no ``cache_path`` column.
+        NotCachedError: ``table`` has no ``cache_path`` column.
     """
     from safetensors.numpy import load_file, save_file
 
     if "cache_path" not in table.columns:
-        raise ValueError("image table has no cache_path column; embed the table.parquet of a `mvmlm preprocess` run")
+        raise NotCachedError(
+            "image table has no cache_path column; embed the table.parquet of a `mvmlm preprocess` run"
+        )
     paths = sorted(set(map(str, table["cache_path"])))
     if not cfg.cache:
         return Embeddings(paths, _compute(build_backbone(encoder), paths, cfg))

@@ -18,14 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mvmlm.config import MISSING
+from mvmlm.config import MISSING, ConfigError
 from mvmlm.data.exams import BREAST_KEYS, build_breasts
 from mvmlm.data.preprocess import read_cached_table
+from mvmlm.errors import InputError
 
 __all__ = [
     "Task", "TASKS", "get_task", "get_tasks", "DataConfig", "load_breasts", "breast_ids", "check_patient_splits",
-    "sample_fraction",
+    "sample_fraction", "SplitError",
 ]  # fmt: skip
+
+
+class SplitError(ValueError, InputError):
+    """A table's splits cannot serve an evaluation: a patient in two splits, or a configured split is empty."""
 
 
 @dataclass(frozen=True)
@@ -82,18 +87,18 @@ def get_task(name: str, classes: Sequence[str] | None = None) -> Task:
     column values, e.g. ``["1", "2,3", "4,5"]`` for BI-RADS.
 
     Raises:
-        ValueError: unknown task, fewer than two classes, or a value in two classes.
+        ConfigError: unknown task, fewer than two classes, or a value in two classes.
     """
     try:
         task = TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
     if not classes:
         return task
     groups = tuple(tuple(v.strip() for v in str(spec).split(",") if v.strip()) for spec in classes)
     flat = [v for group in groups for v in group]
     if len(groups) < 2 or any(not g for g in groups) or len(flat) != len(set(flat)):
-        raise ValueError(f"task {name!r}: classes {list(classes)} must be >= 2 non-empty, disjoint value groups")
+        raise ConfigError(f"task {name!r}: classes {list(classes)} must be >= 2 non-empty, disjoint value groups")
     names = tuple(f"{task.column} {'/'.join(g)}" for g in groups)
     return Task(task.name, task.column, groups, names)
 
@@ -103,9 +108,9 @@ def get_tasks(names: Sequence[str], classes: dict[str, list[str]] | None = None)
     classes = dict(classes or {})
     unused = sorted(set(classes) - set(names))
     if unused:
-        raise ValueError(f"task_classes given for task(s) {unused} that are not in tasks {list(names)}")
+        raise ConfigError(f"task_classes given for task(s) {unused} that are not in tasks {list(names)}")
     if not names:
-        raise ValueError("no tasks given")
+        raise ConfigError("no tasks given")
     return [get_task(name, classes.get(name)) for name in names]
 
 
@@ -125,12 +130,12 @@ def breast_ids(breasts: pd.DataFrame) -> list[str]:
 
 
 def check_patient_splits(table: pd.DataFrame, source: str = "table") -> None:
-    """Raise ``ValueError`` naming the patients whose rows (images or breasts) lie in more than one split."""
+    """Raise :class:`SplitError` naming the patients whose rows (images or breasts) lie in more than one split."""
     patients = table["dataset"].astype(str) + "/" + table["patient_id"].astype(str)
     spread = table.groupby(patients)["split"].nunique()
     leaking = sorted(spread[spread > 1].index)
     if leaking:
-        raise ValueError(
+        raise SplitError(
             f"{source}: {len(leaking)} patient(s) have images in more than one split (e.g. {', '.join(leaking[:3])}); "
             "re-split by patient (mvmlm.data.splits.patient_split)"
         )
@@ -140,7 +145,8 @@ def load_breasts(cfg: DataConfig) -> pd.DataFrame:
     """Breasts (CC + MLO slots, labels) of a preprocessed table, with ``breast_id`` and ``patient`` columns.
 
     Raises:
-        ValueError: a patient in two splits, or none of the configured splits present.
+        SplitError: a patient in two splits, or one of the configured splits empty.
+        NotCachedError: the table is not the ``table.parquet`` of a ``mvmlm preprocess`` run.
     """
     images = read_cached_table(cfg.table)
     check_patient_splits(images, cfg.table)
@@ -149,7 +155,7 @@ def load_breasts(cfg: DataConfig) -> pd.DataFrame:
     breasts["patient"] = breasts["dataset"].astype(str) + "/" + breasts["patient_id"].astype(str)
     for split in (cfg.train_split, cfg.val_split, cfg.test_split):
         if not (breasts["split"] == split).any():
-            raise ValueError(f"{cfg.table}: no breasts in split {split!r} (splits: {sorted(breasts.split.unique())})")
+            raise SplitError(f"{cfg.table}: no breasts in split {split!r} (splits: {sorted(breasts.split.unique())})")
     return breasts
 
 

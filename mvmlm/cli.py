@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from mvmlm.config import ConfigError
+from mvmlm.errors import InputError
 
 __all__ = ["COMMANDS", "main", "run_command"]
 
@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
     return (
         "usage: mvmlm <command> [--config FILE] [key=value ...]\n\n"
         f"commands:\n{rows}\n\n`mvmlm <command> --help` explains a command and lists its config keys."
@@ -49,13 +49,13 @@ def _usage() -> str:
 
 
 def run_command(entry: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``main`` turning user errors (bad config, missing files) into a message and exit code 2."""
+    """Run a command's ``main`` turning user errors (bad config or input, missing files) into ``error: ...``, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "openjpeg"):  # per-checkpoint / per-tile INFO lines drown the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         entry(None if argv is None else list(argv))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError) as exc:  # ConfigError is an InputError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,8 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mvmlm.errors import InputError
+
 __all__ = ["MISSING", "ConfigError", "load_config", "config_to_yaml", "config_to_dict", "describe_config"]
 
 T = TypeVar("T")
@@ -27,7 +29,7 @@ T = TypeVar("T")
 _HELP_FLAGS = ("-h", "--help")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, InputError):
     """A config file or override is invalid (unknown key, wrong type, missing value)."""
 
 

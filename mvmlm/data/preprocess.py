@@ -41,14 +41,21 @@ from tqdm import tqdm
 
 from mvmlm.config import MISSING, ConfigError, load_config
 from mvmlm.data import dicom, schema
+from mvmlm.errors import InputError
 from mvmlm.rundir import RunDir
 
 __all__ = [
     "PreprocessParams", "PreprocessConfig", "breast_bbox", "crop_breast", "resize_pad", "preprocess_image",
     "cache_folder", "cache_file", "save_cached", "load_cached", "preprocess_table", "read_cached_table", "main",
+    "NotCachedError",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+
+class NotCachedError(ValueError, InputError):
+    """A table was given where the ``table.parquet`` of a ``mvmlm preprocess`` run (with ``cache_path``) is needed."""
+
 
 #: bump when the preprocessing code changes its output, so old caches are not reused
 CACHE_VERSION = 1
@@ -251,7 +258,7 @@ def read_cached_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     table = schema.read_table(path)
     if "cache_path" not in table.columns:
-        raise ValueError(f"{path}: no cache_path column; run `mvmlm preprocess` on this table first")
+        raise NotCachedError(f"{path}: no cache_path column; run `mvmlm preprocess` on this table first")
     return table.assign(cache_path=[str(path.parent.resolve() / p) for p in table["cache_path"]])
 
 

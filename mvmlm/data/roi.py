@@ -39,6 +39,7 @@ from mvmlm.data.preprocess import (
     resize_pad,
     save_cached,
 )
+from mvmlm.errors import InputError
 
 __all__ = [
     "Box", "NoRoiError", "RoiParams", "register_roi_source", "clip_box", "union_box", "square_box", "lesion_boxes",
@@ -54,7 +55,7 @@ SOURCES = ("mask", "crop")
 MISSING_POLICIES = ("skip", "whole")
 
 
-class NoRoiError(ValueError):
+class NoRoiError(ValueError, InputError):
     """An image has no usable lesion location."""
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mvmlm.errors import InputError
+
 __all__ = [
     "COLUMNS", "ID_COLUMNS", "LABEL_COLUMNS", "VOCABULARIES", "SchemaError", "Violation",
     "empty_table", "conform", "validate", "check", "read_table", "write_table", "concat_tables",
@@ -67,7 +69,7 @@ VOCABULARIES: dict[str, frozenset] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(ValueError, InputError):
     """A table does not match the canonical schema; ``violations`` lists every problem."""
 
     def __init__(self, violations: list[Violation], source: str = "table"):
@@ -199,13 +201,20 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_table(path: str | Path, *, validate_rows: bool = True) -> pd.DataFrame:
-    """Read a canonical table from parquet (or CSV), conform dtypes and (by default) validate it."""
+    """Read a canonical table from parquet (or CSV), conform dtypes and (by default) validate it.
+
+    Raises :class:`SchemaError` naming the file when an id column (:data:`ID_COLUMNS`) is missing; other absent
+    columns are optional and read as NA.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"canonical table not found: {path}")
     df = pd.read_parquet(path) if path.suffix != ".csv" else pd.read_csv(path, dtype=str, keep_default_na=False)
     if path.suffix == ".csv":
         df = df.replace({"": np.nan})
+    missing = [c for c in ID_COLUMNS if c not in df.columns]
+    if missing:  # before conform, which would fill them with NA and hide the cause
+        raise SchemaError([Violation(", ".join(missing), "required column(s) missing")], str(path))
     table = conform(df)
     return check(table, str(path)) if validate_rows else table
 

@@ -24,7 +24,8 @@ def patient_split(
     Args:
         patient_ids: one entry per row (image); the result is aligned with it.
         seed: the split is a pure function of the set of patient ids and the seed (row order does not matter).
-        val_fraction, test_fraction: shares of the patients not already fixed.
+        val_fraction, test_fraction: shares of the patients not already fixed. A share > 0 holds out at least one
+            patient as long as another stays in training (3 patients at 10 % still give a validation patient).
         fixed: optional per-row split from the source (e.g. VinDr ``test``); rows with a value keep it and
             their patients are not drawn again. NA rows are assigned.
 
@@ -39,14 +40,26 @@ def patient_split(
         result = fixed.astype("string").reindex(ids.index)
     open_patients = np.array(sorted(set(ids[result.isna()]) - set(ids[result.notna()])), dtype=object)
     order = np.random.default_rng(seed).permutation(len(open_patients))
-    n_test = int(round(test_fraction * len(open_patients)))
-    n_val = int(round(val_fraction * len(open_patients)))
+    n_test = _held_out(test_fraction, len(open_patients), len(open_patients))
+    n_val = _held_out(val_fraction, len(open_patients), len(open_patients) - n_test)
     assigned = {}
     for rank, index in enumerate(order):
         assigned[open_patients[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     todo = result.isna()
     result[todo] = ids[todo].map(assigned)
     return result
+
+
+def _held_out(fraction: float, total: int, pool: int) -> int:
+    """Patients a ``fraction`` of ``total`` holds out of the ``pool`` still in training.
+
+    ``round(fraction * total)``, but at least one when ``fraction > 0`` and never the pool's last patient, so a small
+    set still gets a validation (test) patient and keeps a training one.
+    """
+    count = int(round(fraction * total))
+    if fraction > 0 and pool >= 2:
+        count = max(count, 1)
+    return min(count, max(pool - 1, 0))
 
 
 def source_less_split(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:

@@ -10,7 +10,7 @@ Shapes: u, delta, z ``(b, d, l)``; A ``(d, n)``; B, C ``(d, n)`` (constant), ``(
 ``(b, g, n, l)`` (channel d uses group ``d // (d_model / g)``); D, delta_bias ``(d,)``. Returns ``out``
 ``(b, d, l)`` in u's dtype, and the last state ``(b, d, n)`` (fp32) if ``return_last_state``.
 
-Backends: ``cuda`` = mamba-ssm's kernel (``pip install mvmlm[cuda]``), used only for CUDA tensors;
+Backends: ``cuda`` = mamba-ssm's kernel (``pip install -e ".[cuda]"``), used only for CUDA tensors;
 ``torch`` = a chunk-streamed scan in fp32 with a hand-written backward that recomputes each chunk from
 the saved chunk-boundary states, so memory is O(chunk) rather than O(l) in training too.
 ``MVMLM_SCAN_BACKEND=auto|cuda|torch`` or the ``backend`` argument (which wins unless it is ``auto``)
@@ -80,7 +80,7 @@ def resolve_backend(u: Tensor, backend: str | None = None) -> str:
         if kernel is None:
             raise RuntimeError(
                 f"selective scan backend 'cuda' requested ({source}) but mamba-ssm's CUDA kernel is not "
-                f"importable ({why}); install it with `pip install mvmlm[cuda]` or use backend 'torch'/'auto'"
+                f"importable ({why}); install it with `pip install -e '.[cuda]'` or use backend 'torch'/'auto'"
             )
         if not u.is_cuda:
             raise RuntimeError(f"selective scan backend 'cuda' requested ({source}) for tensors on {u.device}")

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mvmlm.checkpoint import atomic_path
+from mvmlm.errors import InputError
 
 __all__ = [
     "DEFAULT_TEXT_MODEL", "DEFAULT_TEXT_REVISION", "TextModelUnavailableError", "FrozenTextEncoder",
@@ -31,7 +32,7 @@ DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 DEFAULT_TEXT_REVISION = "d5892b39a4adaed74b92212a44081509db72f87b"
 
 
-class TextModelUnavailableError(OSError):
+class TextModelUnavailableError(OSError, InputError):
     """The text model's files are neither reachable nor in the local cache."""
 
 

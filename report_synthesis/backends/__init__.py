@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mvmlm.config import ConfigError
+from mvmlm.errors import InputError
 from report_synthesis.facts import BreastFacts
 
 __all__ = [
@@ -40,7 +41,7 @@ BACKEND_MODULES = {name: f"report_synthesis.backends.{name}" for name in ("vllm"
 BACKENDS: dict[str, Callable[[BackendConfig], Backend]] = {}
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(ImportError, InputError):
     """A backend's optional dependency is not installed (the message names the extra to install)."""
 
 

@@ -32,8 +32,8 @@ def import_vllm() -> ModuleType:
     except ImportError as exc:
         raise BackendUnavailable(
             f"the vllm report backend needs vLLM, which is not importable here ({exc}); "
-            "install it on a CUDA machine with `pip install 'mvmlm[llm]'`, or use backend.name=openai against a "
-            "served model, or backend.name=transformers / template"
+            'install it on a CUDA machine with `pip install -e ".[llm]"` run in the repository root, or use '
+            "backend.name=openai against a served model, or backend.name=transformers / template"
         ) from exc
 
 

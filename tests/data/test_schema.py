@@ -75,3 +75,20 @@ def test_parquet_round_trip_and_write_refuses_invalid(tmp_path):
     with pytest.raises(schema.SchemaError, match="laterality"):
         schema.write_table(_table(laterality=(0, "left")), tmp_path / "bad.parquet")
     assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_read_table_names_a_missing_required_column(tmp_path):
+    path = tmp_path / "t.parquet"
+    _table().drop(columns=["laterality"]).to_parquet(path)
+    with pytest.raises(schema.SchemaError) as caught:
+        schema.read_table(path)
+    message = str(caught.value)
+    assert str(path) in message and "laterality" in message and "missing" in message
+    assert "empty id/path" not in message and "disagree" not in message
+
+
+def test_read_table_fills_missing_optional_columns(tmp_path):
+    path = tmp_path / "t.parquet"
+    _table().drop(columns=["mass", "pathology"]).to_parquet(path)
+    table = schema.read_table(path)
+    assert table.mass.isna().all() and table.pathology.isna().all()

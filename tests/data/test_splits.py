@@ -31,3 +31,33 @@ def test_source_less_split_holds_out_the_default_test_fraction():
     counts = split.groupby(patients).first().value_counts()
     assert counts["test"] == DEFAULT_TEST_FRACTION * 100 and counts["val"] == 10
     assert split.equals(patient_split(patients, seed=1, val_fraction=0.1, test_fraction=DEFAULT_TEST_FRACTION))
+
+
+def test_a_few_training_patients_still_give_a_validation_patient():
+    patients = pd.Series(["a", "a", "b", "c", "c"])
+    split = patient_split(patients, seed=0, val_fraction=0.1)
+    per_patient = split.groupby(patients).first()
+    assert (per_patient == "val").sum() == 1 and (per_patient == "train").sum() == 2
+
+
+def test_vindr_like_fixed_test_split_keeps_one_val_patient_of_three():
+    patients = pd.Series(["t1", "t2", "a", "b", "c"])
+    fixed = pd.Series(["test", "test", None, None, None])
+    split = patient_split(patients, seed=5, val_fraction=0.1, fixed=fixed)
+    assert list(split[:2]) == ["test", "test"] and sorted(split[2:]) == ["train", "train", "val"]
+
+
+def test_a_small_test_share_holds_out_one_patient_and_leaves_one_for_training():
+    patients = pd.Series(["a", "b", "c"])
+    split = patient_split(patients, seed=0, val_fraction=0.1, test_fraction=0.1)
+    assert sorted(split) == ["test", "train", "val"]
+
+
+def test_a_single_patient_stays_in_training():
+    split = patient_split(pd.Series(["a", "a"]), seed=0, val_fraction=0.1, test_fraction=0.2)
+    assert (split == "train").all()
+
+
+def test_no_validation_share_means_no_validation_patient():
+    split = patient_split(pd.Series(["a", "b", "c"]), seed=0, val_fraction=0.0)
+    assert (split == "train").all()

@@ -158,10 +158,10 @@ def no_kernel(monkeypatch):
 
 def test_cuda_backend_without_mamba_ssm_names_the_extra(no_kernel, monkeypatch):
     inputs = {k: v.detach() for k, v in make_inputs("variable").items()}
-    with pytest.raises(RuntimeError, match=r"pip install mvmlm\[cuda\]"):
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[cuda\]'"):
         selective_scan(**inputs, backend="cuda")
     monkeypatch.setenv(ss.ENV_VAR, "cuda")
-    with pytest.raises(RuntimeError, match=rf"{ss.ENV_VAR}.*pip install mvmlm\[cuda\]"):
+    with pytest.raises(RuntimeError, match=rf"{ss.ENV_VAR}.*pip install -e '\.\[cuda\]'"):
         selective_scan(**inputs)
 
 

@@ -181,5 +181,5 @@ def test_scan_backend_reaches_the_selective_scan(monkeypatch):
 
     monkeypatch.setattr(ss, "_kernel", lambda: (None, "ModuleNotFoundError: selective_scan_cuda"))
     encoder = create_image_encoder("vssm", scan_backend="cuda", **TINY["vssm"])
-    with pytest.raises(RuntimeError, match=r"pip install mvmlm\[cuda\]"):
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[cuda\]'"):
         encoder(torch.randn(1, 1, 32, 32))

@@ -33,7 +33,7 @@ CFG = BackendConfig(
 
 def test_missing_vllm_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
-    with pytest.raises(BackendUnavailable, match=r"pip install 'mvmlm\[llm\]'"):
+    with pytest.raises(BackendUnavailable, match=r'pip install -e "\.\[llm\]"'):
         create_backend(CFG)
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from mvmlm.config import MISSING, load_config
 from mvmlm.data import schema
+from mvmlm.errors import InputError
 
 __all__ = ["SOURCES", "SourceError", "csv_line", "read_native_table", "read_source", "register_source", "main"]
 
@@ -27,7 +28,7 @@ SOURCE_MODULES = {name: f"mvmlm.data.sources.{name}" for name in ("vindr", "rsna
 SOURCES: dict[str, Callable[..., pd.DataFrame]] = {}
 
 
-class SourceError(ValueError):
+class SourceError(ValueError, InputError):
     """A native dataset is incomplete or malformed (the message names the file, row and column)."""
 
 
@@ -77,7 +78,7 @@ def csv_line(mask: pd.Series) -> int:
 def read_source(name: str, root: str, **options) -> pd.DataFrame:
     """Read dataset ``name`` from its native layout under ``root`` into a validated canonical table."""
     if name not in SOURCE_MODULES:
-        raise ValueError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCE_MODULES))}")
+        raise SourceError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCE_MODULES))}")
     if name not in SOURCES:
         importlib.import_module(SOURCE_MODULES[name])
     table = schema.conform(SOURCES[name](root, **options))
