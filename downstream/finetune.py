@@ -12,11 +12,17 @@ The run directory holds what :func:`mvmlm.evaluation.report` writes plus ``histo
 loss, validation score). With ``save_models: true`` every fine-tuned model (its best validation epoch) is kept in
 ``models/<encoder>_<task>_<fraction>_<seed>/`` (``model.safetensors`` + ``config.yaml``, and for an MV-MLM tower the
 pretraining ``encoder/config.yaml``, so the folder is self-contained); :func:`load_finetuned` reads one back.
+
+Long sweeps survive interruption: each finished encoder x task x fraction x seed leaves
+``finished/<encoder>_<task>_<fraction>_<seed>.json`` (test scores, summary, a key of every setting that shapes the
+result, including the encoder weights' hash); rerunning with ``resume=true`` and the same ``out`` reuses those
+whose key still matches and trains only the rest.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import logging
@@ -35,11 +41,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from downstream.embed import Backbone, EncoderConfig, build_backbone, pool_views
+from downstream.embed import Backbone, EncoderConfig, build_backbone, encoder_fingerprint, pool_views
 from downstream.tasks import DataConfig, Task, get_tasks, load_breasts, sample_fraction
 from mvmlm.checkpoint import CONFIG_NAME, load_checkpoint_config, load_weights, save_checkpoint
 from mvmlm.cli import run_command
-from mvmlm.config import ConfigError, load_config
+from mvmlm.config import ConfigError, config_to_dict, load_config
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import AugmentConfig, build_transform
 from mvmlm.evaluation import Evaluation, pivot_markdown, report, slug, validation_score
@@ -89,6 +95,7 @@ class FinetuneConfig:
     bootstrap: int = 1000
     plots: bool = True
     save_models: bool = False  # keep every fine-tuned model under models/ (one per encoder x task x fraction x seed)
+    resume: bool = False  # reuse the finished/ results of an earlier run into the same out (same settings only)
     out: str = "runs/finetune"
 
 
@@ -256,13 +263,38 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastCl
     return model.to(device).eval(), config
 
 
+FINISHED_DIR = "finished"  # one JSON per finished encoder x task x fraction x seed
+
+
+def settings_key(cfg: FinetuneConfig, encoder: dict, task: Task, fraction: float, seed: int) -> str:
+    """A hash of everything that shapes one fine-tuning result: data, ``encoder`` (its
+    :func:`~downstream.embed.encoder_fingerprint`: architecture and weights), task and training settings."""
+    train = {k: v for k, v in config_to_dict(cfg.train).items() if k != "num_workers"}
+    settings = {"data": config_to_dict(cfg.data), "encoder": encoder, "task": vars(task),
+                "optim": config_to_dict(cfg.optim), "train": train, "pool": cfg.pool, "fraction": fraction,
+                "seed": seed}  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, key: str) -> dict | None:
+    """The record at ``path`` when it was written with settings ``key``, else None (a mismatch is logged)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("key") != key:
+        log.warning("%s was written with other settings; training it again", path)
+        return None
+    return record
+
+
 def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
     """Fine-tune and report every encoder x task x fraction x seed; returns what ``metrics.json`` holds."""
     tasks = get_tasks(cfg.tasks, cfg.task_classes)
     breasts = load_breasts(cfg.data)
     patients = breasts["patient"].to_numpy()
     names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    evaluations, histories = [], []
+    evaluations, histories, reused = [], [], 0
+    fingerprints = {name: encoder_fingerprint(encoder) for name, encoder in cfg.encoders.items()}
     for (encoder_name, encoder), task in itertools.product(cfg.encoders.items(), tasks):
         labels = task.labels(breasts)
         rows = {k: np.flatnonzero((breasts["split"] == s).to_numpy() & (labels >= 0)) for k, s in names.items()}
@@ -270,14 +302,25 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
             train = rows["train"][sample_fraction(patients[rows["train"]], labels[rows["train"]], fraction, seed)]
             chosen = {**rows, "train": train}
             splits = {k: (breasts.iloc[idx].reset_index(drop=True), labels[idx]) for k, idx in chosen.items()}
-            save_to = run.file(f"models/{slug([encoder_name, task.name, fraction, seed])}") if cfg.save_models else None
-            scores, summary = finetune_one(acc, encoder, task, splits, cfg, seed, save_to)
+            stem = slug([encoder_name, task.name, fraction, seed])
+            key = settings_key(cfg, fingerprints[encoder_name], task, fraction, seed)
+            record = _finished(run.file(f"{FINISHED_DIR}/{stem}.json"), key) if cfg.resume else None
+            if record is not None:
+                scores, summary, reused = np.asarray(record["scores"]), record["summary"], reused + 1
+            else:
+                save_to = run.file(f"models/{stem}") if cfg.save_models else None
+                scores, summary = finetune_one(acc, encoder, task, splits, cfg, seed, save_to)
+                if acc.is_main_process:
+                    run.write_json(f"{FINISHED_DIR}/{stem}.json",
+                                   {"key": key, "scores": scores.tolist(), "summary": summary})  # fmt: skip
             info = {"encoder": encoder_name, "task": task.name, "fraction": fraction, "seed": seed,
                     "n_train": len(train), **{k: v for k, v in summary.items() if k != "history"}}  # fmt: skip
             histories.append({**info, "history": summary["history"]})
             test = rows["test"]
             evaluations.append(Evaluation(info, labels[test], scores, patients[test],
                                           breasts["breast_id"].to_numpy()[test], task.class_names))  # fmt: skip
+    if reused:
+        log.info("reused %d finished run(s) from %s", reused, run.file(FINISHED_DIR))
     if not acc.is_main_process:
         return {}
     run.write_text("history.jsonl", "".join(json.dumps(h) + "\n" for h in histories))

@@ -81,3 +81,30 @@ def test_saved_fine_tuned_model_is_self_contained_and_reproduces_the_test_predic
     with torch.no_grad():
         scores = [model(item["images"][None], item["mask"][None]).softmax(-1)[0, 1].item() for item in views]
     np.testing.assert_allclose(scores, [s[0] for s in expected["scores"]], rtol=1e-4, atol=1e-5)
+
+
+def test_an_interrupted_sweep_resumes_from_its_finished_runs(downstream_data, random_checkpoint, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    run = tmp_path / "run"
+    argv = ["--config", TINY, f"data.table={downstream_data.table}", f"out={run}", "seeds=[0,1]", "train.epochs=1",
+            f"encoders.mvmlm.checkpoint={random_checkpoint}", "bootstrap=0", "plots=false"]  # fmt: skip
+    original, calls = finetune.finetune_one, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first sweep is interrupted while training its second run
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "finetune_one", counted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(argv)
+    (finished,) = (run / "finished").iterdir()
+    first = json.loads(finished.read_text())
+    metrics = finetune.main([*argv, "resume=true"])
+    assert len(calls) == 3 and len(metrics["results"]) == 2  # only the unfinished seed trains again
+    seed0 = pd.read_parquet(run / "predictions.parquet").query("seed == 0")
+    np.testing.assert_allclose([s[0] for s in seed0["scores"]], first["scores"])
+    assert finished.name == "mvmlm_mass_1.0_0.json" and len(list((run / "finished").iterdir())) == 2
+    finetune.main([*argv, "resume=true", "optim.lr=0.01"])  # other settings: nothing is reused
+    assert len(calls) == 5
