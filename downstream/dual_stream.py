@@ -7,11 +7,13 @@ Input: the ``table.parquet`` of a ``mvmlm preprocess`` cache (whole images, e.g.
 locations (CBIS-DDSM ROI masks, VinDr boxes) and the dataset root. Lesion crops are cached beside the image cache
 (:mod:`mvmlm.data.roi`). A breast is kept when it has a malignant label and, for the crop stream, a crop of at
 least one view; the others are logged and skipped. Training as the paper: AdamW, cosine annealing, batch 8,
-cross-entropy with label smoothing; the best validation-AUC epoch is kept. The run directory holds ``config.yaml``,
-``train_log.jsonl`` (loss, validation AUC, SeqMoE and fusion gate mean / std per epoch: constant gates = saturation),
-``best/`` (``model.safetensors`` + ``config.yaml``), ``results.csv`` / ``predictions.parquet`` / ROC plots (via
-:mod:`mvmlm.evaluation`), ``gates_<split>.png`` (SeqMoE gate values per stage and block) and ``metrics.json`` with
-AUC, accuracy, F1, sensitivity and specificity, each with a patient-bootstrap 95 % CI.
+cross-entropy with label smoothing; the best validation-AUC epoch is kept. After every epoch the training state is
+saved in ``checkpoints/``; ``resume=latest`` continues an interrupted run with the same batches. The run directory
+holds ``config.yaml``, ``train_log.jsonl`` (loss, validation AUC, SeqMoE and fusion gate mean / std per epoch:
+constant gates = saturation), ``best/`` (``model.safetensors`` + ``config.yaml``), ``results.csv`` /
+``predictions.parquet`` / ROC plots (via :mod:`mvmlm.evaluation`), ``gates_<split>.png`` (SeqMoE gate values per
+stage and block) and ``metrics.json`` with AUC, accuracy, F1, sensitivity and specificity, each with a
+patient-bootstrap 95 % CI.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
 from downstream.dual_stream_model import MammoMamba, MammoMambaModelConfig
 from downstream.multiview_data import assign_split
-from mvmlm.checkpoint import save_checkpoint
+from mvmlm import checkpoint
 from mvmlm.cli import run_command
 from mvmlm.config import MISSING, ConfigError, load_config
 from mvmlm.data.exams import BREAST_KEYS, BREAST_SLOTS, BreastDataset, build_breasts
@@ -40,13 +43,15 @@ from mvmlm.data.transforms import AugmentConfig, build_transform
 from mvmlm.evaluation import Evaluation, report
 from mvmlm.metrics import auc, bootstrap_ci
 from mvmlm.rundir import RunDir
-from mvmlm.training import param_groups, warmup_cosine_schedule
+from mvmlm.training import Best, param_groups, resolve_resume, warmup_cosine_schedule
+from mvmlm.training import save_checkpoint as save_training_state
 
 __all__ = ["DataConfig", "OptimConfig", "MammoMambaConfig", "DualStreamDataset", "load_breasts", "binary_metrics",
            "train", "main"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = ("benign", "malignant")
+BEST_DIR, CHECKPOINTS_DIR = "best", "checkpoints"
 
 
 @dataclass
@@ -82,6 +87,8 @@ class MammoMambaConfig:
     bootstrap: int = 1000  # patient-level bootstrap resamples for the CIs (0 = none)
     seed: int = 0
     cpu: bool = False  # force CPU where a GPU is visible
+    resume: str = ""  # "latest" (newest training state in <out>/checkpoints) or a checkpoint folder
+    keep_checkpoints: int = 1  # newest per-epoch training states kept for resume (0 = all)
     out: str = "runs/mammo_mamba"
 
 
@@ -215,24 +222,33 @@ def _loader(breasts: pd.DataFrame, cfg: MammoMambaConfig, train: bool) -> DataLo
 
 
 def train(cfg: MammoMambaConfig, run: RunDir) -> dict:
-    """Train, keep the best validation-AUC weights, evaluate ``eval_splits``; the metrics dict."""
+    """Train (from the newest training state with ``resume``), keep the best validation-AUC weights in ``best/``,
+    evaluate ``eval_splits``; the metrics dict."""
     if len(cfg.data.image_size) != 2:
         raise ConfigError(f"key 'data.image_size': [height, width], got {cfg.data.image_size}")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
+    acc = Accelerator(cpu=cfg.cpu)
+    device = acc.device
     breasts = load_breasts(cfg.data, cfg.model.streams)
     splits = {s: breasts[breasts["split"] == s] for s in dict.fromkeys(["train", "val", *cfg.eval_splits])}
     for name in ("train", "val"):
         if splits[name].empty:
             raise ValueError(f"{cfg.data.table}: no usable breast in split {name!r}")
     loaders = {s: _loader(rows, cfg, s == "train") for s, rows in splits.items() if len(rows)}
-    model = MammoMamba(cfg.model).to(device)
+    model = MammoMamba(cfg.model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr)
     steps = len(loaders["train"])
     scheduler = warmup_cosine_schedule(optimizer, cfg.optim.warmup_epochs * steps, cfg.optim.epochs * steps)
-    best_auc, best_state, history = -1.0, None, []
-    for epoch in range(cfg.optim.epochs):
+    model, optimizer = acc.prepare(model, optimizer)
+    best = Best()
+    acc.register_for_checkpointing(scheduler, best)
+    resume_from = resolve_resume(cfg.resume, run.file(CHECKPOINTS_DIR))
+    if resume_from is not None:
+        acc.load_state(str(resume_from))
+        log.info("resumed from %s after epoch %d", resume_from, len(best.history))
+    for epoch in range(len(best.history), cfg.optim.epochs):
         model.train()
+        loaders["train"].generator.manual_seed(cfg.seed + epoch)  # the same batches after a resume
         losses = []
         for batch in loaders["train"]:
             out = model(_to(batch["inputs"], device))
@@ -247,17 +263,22 @@ def train(cfg: MammoMambaConfig, run: RunDir) -> dict:
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        val = predict(model, loaders["val"], device)
+        val = predict(acc.unwrap_model(model), loaders["val"], device)
         val_auc = auc(val["label"], val["prob"])
         gates = {k: [float(v.mean()), float(v.std())] for k, v in val["gates"].items()}
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": val_auc, "gates_mean_std": gates})
+        best.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": val_auc,
+                             "gates_mean_std": gates})  # fmt: skip
         with open(run.file("train_log.jsonl"), "a") as handle:
-            handle.write(json.dumps(history[-1]) + "\n")
-        log.info("epoch %d: loss %.4f, val AUC %.4f", epoch, history[-1]["loss"], val_auc)
-        if best_state is None or (np.isfinite(val_auc) and val_auc > best_auc):
-            best_auc, best_state = val_auc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    save_checkpoint(run.file("best"), best_state, cfg)
+            handle.write(json.dumps(best.history[-1]) + "\n")
+        log.info("epoch %d: loss %.4f, val AUC %.4f", epoch, best.history[-1]["loss"], val_auc)
+        if best.epoch < 0 or (np.isfinite(val_auc) and val_auc > best.score):
+            best.score, best.epoch = val_auc, epoch
+            checkpoint.save_checkpoint(
+                run.file(BEST_DIR), acc.get_state_dict(model), cfg, metadata={"epoch": str(epoch)}
+            )
+        save_training_state(acc, run.file(CHECKPOINTS_DIR), epoch + 1, cfg.keep_checkpoints)
+    model = acc.unwrap_model(model)
+    model.load_state_dict(checkpoint.load_weights(run.file(BEST_DIR)))
     setup = "+".join(model.stream_names) + ("" if cfg.model.backbone_kwargs.get("seqmoe", True) else " no-seqmoe")
     evaluations, extra = [], {}
     for split in cfg.eval_splits:
@@ -271,7 +292,7 @@ def train(cfg: MammoMambaConfig, run: RunDir) -> dict:
         if pred["gates"]:
             plot_gates(run.file(f"gates_{split}.png"), pred["gates"])
     results = report(run, evaluations, keys=["model", "split"], series_key="model", n_resamples=cfg.bootstrap)
-    return {"best_val_auc": best_auc, "epochs": history, "binary": extra, **results,
+    return {"best_val_auc": best.score, "epochs": best.history, "binary": extra, **results,
             "breasts": {s: len(rows) for s, rows in splits.items()}}  # fmt: skip
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from mvmlm import checkpoint
 from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.rundir import RunDir
 from mvmlm.training import (
+    Best,
     TrainState,
     check_finite,
     flat_hparams,
@@ -61,7 +61,7 @@ from mvmlm.training import (
     tracker_name,
 )
 
-__all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "MultiviewConfig", "MultiTaskLoss", "Best", "train",
+__all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "MultiviewConfig", "MultiTaskLoss", "train",
            "load_classifier"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -141,23 +141,6 @@ class MultiTaskLoss(nn.Module):
         """Total loss and the per-task losses."""
         parts = {task: self.task_loss(task, logits[task], targets[task]) for task in self.task_weights}
         return sum(self.task_weights[t] * parts[t] for t in parts), parts
-
-
-@dataclass
-class Best:
-    """Validation history and the best epoch so far, checkpointed with the training state."""
-
-    score: float = -math.inf
-    epoch: int = -1
-    stale: int = 0  # epochs since the best
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "epoch": self.epoch, "stale": self.stale, "history": list(self.history)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.score, self.epoch, self.stale = float(state["score"]), int(state["epoch"]), int(state["stale"])
-        self.history = list(state["history"])
 
 
 def _check(cfg: MultiviewConfig) -> None:

@@ -22,9 +22,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
-    "param_groups", "average_gradients", "WarmupCosine", "warmup_cosine_schedule", "TrainState", "NonFiniteLossError",
-    "check_finite", "checkpoint_dirs", "latest_checkpoint", "resolve_resume", "save_checkpoint", "tracker_name",
-    "flat_hparams",
+    "param_groups", "average_gradients", "WarmupCosine", "warmup_cosine_schedule", "Best", "TrainState",
+    "NonFiniteLossError", "check_finite", "checkpoint_dirs", "latest_checkpoint", "resolve_resume", "save_checkpoint",
+    "tracker_name", "flat_hparams",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,23 @@ def warmup_cosine_schedule(
     if warmup_steps < 0 or total_steps <= 0 or not 0 <= min_ratio <= 1:
         raise ValueError(f"bad schedule: warmup_steps={warmup_steps}, total_steps={total_steps}, min_ratio={min_ratio}")
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
+
+
+@dataclass
+class Best:
+    """Validation history and the best epoch so far, checkpointed with the training state."""
+
+    score: float = -math.inf
+    epoch: int = -1
+    stale: int = 0  # epochs since the best
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "epoch": self.epoch, "stale": self.stale, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.score, self.epoch, self.stale = float(state["score"]), int(state["epoch"]), int(state["stale"])
+        self.history = list(state["history"])
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -120,3 +121,34 @@ def test_dual_stream_model_learns_planted_lesions_on_synthetic_cbis_ddsm(tmp_pat
     assert metrics["breasts"]["test"] >= 60
     assert test["auc"] >= 0.75 and test["auc_low"] > 0.6, test
     assert metrics["binary"]["test"]["accuracy"] > 0.6
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(synthetic_dataset, tmp_path, monkeypatch):
+    import downstream.dual_stream as dual_stream
+
+    root, _ = synthetic_dataset("cbis_ddsm", exams=8, seed=0)
+    params = PreprocessParams(height=64, width=64)
+    preprocess_table(cbis_ddsm.read(root), root, tmp_path / "cache", params, progress=False)
+    table = cache_folder(tmp_path / "cache", params) / "table.parquet"
+    argv = ["--config", CONFIG, f"data.table={table}", f"data.root={root}", "optim.epochs=3", "eval_splits=[test]",
+            "bootstrap=0"]  # fmt: skip
+    straight = main([*argv, f"out={tmp_path / 'straight'}"])
+    original, calls = dual_stream.predict, []
+
+    def interrupted_in_the_second_epoch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(dual_stream, "predict", interrupted_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, f"out={tmp_path / 'resumed'}"])
+    monkeypatch.setattr(dual_stream, "predict", original)
+    resumed = main([*argv, f"out={tmp_path / 'resumed'}", "resume=latest"])
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in straight["epochs"]]
+    scores = [
+        pd.read_parquet(tmp_path / run / "predictions.parquet")["scores"].tolist() for run in ("straight", "resumed")
+    ]
+    assert scores[0] == scores[1]
+    assert len((tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()) == 3
