@@ -13,7 +13,8 @@ epoch with the best validation AUC is kept, and all are scored on the test split
 
 The run directory holds ``config.yaml``, ``provenance.json``, ``log.txt``, ``metrics.json``, ``results.csv``,
 ``summary.csv``, ``results.md`` (one row per fusion), ``predictions.parquet`` and ``plots/``
-(see :func:`mvmlm.evaluation.report`).
+(see :func:`mvmlm.evaluation.report`), and ``finished/<fusion>.json`` per trained fusion: ``resume=true`` reuses
+those whose settings still match (:mod:`mvmlm.sweep`), so an interrupted run trains only the rest.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from downstream.coattention_model import FUSIONS, CoAttentionModelConfig, FusionClassifier
-from downstream.embed import EncoderConfig, resolve_device
+from downstream.embed import EncoderConfig, encoder_fingerprint, resolve_device
 from downstream.tasks import DataConfig, Task, get_task, load_breasts
 from mvmlm.cli import run_command
-from mvmlm.config import ConfigError, load_config
+from mvmlm.config import ConfigError, config_to_dict, load_config
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.evaluation import Evaluation, report, validation_score
@@ -42,6 +43,7 @@ from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder
 from mvmlm.models.mvclip import load_image_tower
 from mvmlm.models.text_encoders import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_REVISION, FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
+from mvmlm.sweep import FinishedRuns
 from report_synthesis import breast_facts, template_report
 
 __all__ = [
@@ -95,6 +97,7 @@ class CoAttentionConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     bootstrap: int = 1000
     plots: bool = True
+    resume: bool = False  # reuse the fusions finished by an earlier run into the same out (same settings only)
     out: str = "runs/coattention"
 
 
@@ -200,6 +203,15 @@ def _train_one(fusion: str, cfg: CoAttentionConfig, loaders: dict, texts: TextFe
     return model
 
 
+def fusion_settings(cfg: CoAttentionConfig, fusion: str) -> dict:
+    """Everything that shapes one fusion's test scores (the encoder by its weights' fingerprint)."""
+    train = {k: v for k, v in config_to_dict(cfg.train).items() if k not in ("num_workers", "device")}
+    text = {k: v for k, v in config_to_dict(cfg.text).items() if k != "cache"}
+    return {"fusion": fusion, "data": config_to_dict(cfg.data), "task": cfg.task, "fields": cfg.metadata_fields,
+            "text_seed": cfg.text_seed, "encoder": encoder_fingerprint(cfg.encoder), "text": text,
+            "model": config_to_dict(cfg.model), "train": train}  # fmt: skip
+
+
 def run_coattention(cfg: CoAttentionConfig, run: RunDir) -> dict:
     """Train and score every configured fusion on one task; write one results table."""
     task = get_task(cfg.task)
@@ -228,12 +240,19 @@ def run_coattention(cfg: CoAttentionConfig, run: RunDir) -> dict:
                                    num_workers=cfg.train.num_workers, collate_fn=_collate,
                                    generator=torch.Generator().manual_seed(cfg.train.seed))  # fmt: skip
     test = breasts.iloc[rows["test"]]
-    evaluations = []
+    evaluations, finished = [], FinishedRuns(run, cfg.resume)
     for fusion in cfg.fusions:
-        model = _train_one(fusion, cfg, loaders, cache, encoder.hidden_size, labels[rows["val"]])
-        scores = _predict(model, loaders["test"], cache, resolve_device(cfg.train.device))
+        settings = fusion_settings(cfg, fusion)
+        record = finished.get(fusion, settings)
+        if record is not None:
+            scores = np.asarray(record["scores"])
+        else:
+            model = _train_one(fusion, cfg, loaders, cache, encoder.hidden_size, labels[rows["val"]])
+            scores = _predict(model, loaders["test"], cache, resolve_device(cfg.train.device))
+            finished.put(fusion, settings, {"scores": scores.tolist()})
         evaluations.append(Evaluation({"model": fusion, "task": task.name}, labels[rows["test"]], scores,
                                       list(test["patient"]), list(test["breast_id"]), task.class_names))  # fmt: skip
+    finished.log_reused()
     return report(run, evaluations, keys=["model", "task"], series_key="model", n_resamples=cfg.bootstrap,
                   plots=cfg.plots)  # fmt: skip
 

@@ -22,7 +22,6 @@ whose key still matches and trains only the rest.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import logging
@@ -50,6 +49,7 @@ from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import AugmentConfig, build_transform
 from mvmlm.evaluation import Evaluation, pivot_markdown, report, slug, validation_score
 from mvmlm.rundir import RunDir
+from mvmlm.sweep import FinishedRuns
 from mvmlm.training import check_finite, param_groups, warmup_cosine_schedule
 
 __all__ = [
@@ -263,28 +263,13 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastCl
     return model.to(device).eval(), config
 
 
-FINISHED_DIR = "finished"  # one JSON per finished encoder x task x fraction x seed
-
-
-def settings_key(cfg: FinetuneConfig, encoder: dict, task: Task, fraction: float, seed: int) -> str:
-    """A hash of everything that shapes one fine-tuning result: data, ``encoder`` (its
+def run_settings(cfg: FinetuneConfig, encoder: dict, task: Task, fraction: float, seed: int) -> dict:
+    """Everything that shapes one fine-tuning result: data, ``encoder`` (its
     :func:`~downstream.embed.encoder_fingerprint`: architecture and weights), task and training settings."""
     train = {k: v for k, v in config_to_dict(cfg.train).items() if k != "num_workers"}
-    settings = {"data": config_to_dict(cfg.data), "encoder": encoder, "task": vars(task),
-                "optim": config_to_dict(cfg.optim), "train": train, "pool": cfg.pool, "fraction": fraction,
-                "seed": seed}  # fmt: skip
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _finished(path: Path, key: str) -> dict | None:
-    """The record at ``path`` when it was written with settings ``key``, else None (a mismatch is logged)."""
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if record.get("key") != key:
-        log.warning("%s was written with other settings; training it again", path)
-        return None
-    return record
+    return {"data": config_to_dict(cfg.data), "encoder": encoder, "task": vars(task),
+            "optim": config_to_dict(cfg.optim), "train": train, "pool": cfg.pool, "fraction": fraction,
+            "seed": seed}  # fmt: skip
 
 
 def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
@@ -293,7 +278,8 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
     breasts = load_breasts(cfg.data)
     patients = breasts["patient"].to_numpy()
     names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    evaluations, histories, reused = [], [], 0
+    evaluations, histories = [], []
+    finished = FinishedRuns(run, cfg.resume, acc.is_main_process)
     fingerprints = {name: encoder_fingerprint(encoder) for name, encoder in cfg.encoders.items()}
     for (encoder_name, encoder), task in itertools.product(cfg.encoders.items(), tasks):
         labels = task.labels(breasts)
@@ -303,24 +289,21 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
             chosen = {**rows, "train": train}
             splits = {k: (breasts.iloc[idx].reset_index(drop=True), labels[idx]) for k, idx in chosen.items()}
             stem = slug([encoder_name, task.name, fraction, seed])
-            key = settings_key(cfg, fingerprints[encoder_name], task, fraction, seed)
-            record = _finished(run.file(f"{FINISHED_DIR}/{stem}.json"), key) if cfg.resume else None
+            settings = run_settings(cfg, fingerprints[encoder_name], task, fraction, seed)
+            record = finished.get(stem, settings)
             if record is not None:
-                scores, summary, reused = np.asarray(record["scores"]), record["summary"], reused + 1
+                scores, summary = np.asarray(record["scores"]), record["summary"]
             else:
                 save_to = run.file(f"models/{stem}") if cfg.save_models else None
                 scores, summary = finetune_one(acc, encoder, task, splits, cfg, seed, save_to)
-                if acc.is_main_process:
-                    run.write_json(f"{FINISHED_DIR}/{stem}.json",
-                                   {"key": key, "scores": scores.tolist(), "summary": summary})  # fmt: skip
+                finished.put(stem, settings, {"scores": scores.tolist(), "summary": summary})
             info = {"encoder": encoder_name, "task": task.name, "fraction": fraction, "seed": seed,
                     "n_train": len(train), **{k: v for k, v in summary.items() if k != "history"}}  # fmt: skip
             histories.append({**info, "history": summary["history"]})
             test = rows["test"]
             evaluations.append(Evaluation(info, labels[test], scores, patients[test],
                                           breasts["breast_id"].to_numpy()[test], task.class_names))  # fmt: skip
-    if reused:
-        log.info("reused %d finished run(s) from %s", reused, run.file(FINISHED_DIR))
+    finished.log_reused()
     if not acc.is_main_process:
         return {}
     run.write_text("history.jsonl", "".join(json.dumps(h) + "\n" for h in histories))

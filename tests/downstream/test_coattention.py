@@ -145,3 +145,23 @@ def test_command_names_a_split_without_labels(embed_cache, tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="split 'nowhere'"):
         main(["--config", "configs/downstream/coattention/tiny.yaml", f"data.table={embed_cache}",
               f"text.model={tiny_bert}", f"out={tmp_path}", "data.val_split=nowhere"])  # fmt: skip
+
+
+def test_resume_reuses_finished_fusions_and_retrains_changed_ones(embed_cache, tiny_bert, tmp_path, monkeypatch):
+    import downstream.coattention as coattention
+
+    argv = ["--config", "configs/downstream/coattention/tiny.yaml", f"data.table={embed_cache}", "train.epochs=1",
+            f"text.model={tiny_bert}", f"text.cache={tmp_path}/text", f"out={tmp_path / 'run'}", "bootstrap=0",
+            "fusions=[text_only,late_concat]", "plots=false"]  # fmt: skip
+    first = main(argv)
+    trained, original = [], coattention._train_one
+
+    def recorded(fusion, *args):
+        trained.append(fusion)
+        return original(fusion, *args)
+
+    monkeypatch.setattr(coattention, "_train_one", recorded)
+    again = main([*argv, "resume=true"])
+    assert trained == [] and [r["auc"] for r in again["results"]] == [r["auc"] for r in first["results"]]
+    main([*argv, "resume=true", "train.lr=0.01"])
+    assert trained == ["text_only", "late_concat"]

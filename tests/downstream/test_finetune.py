@@ -100,7 +100,7 @@ def test_an_interrupted_sweep_resumes_from_its_finished_runs(downstream_data, ra
     with pytest.raises(KeyboardInterrupt):
         finetune.main(argv)
     (finished,) = (run / "finished").iterdir()
-    first = json.loads(finished.read_text())
+    first = json.loads(finished.read_text())["result"]
     metrics = finetune.main([*argv, "resume=true"])
     assert len(calls) == 3 and len(metrics["results"]) == 2  # only the unfinished seed trains again
     seed0 = pd.read_parquet(run / "predictions.parquet").query("seed == 0")

@@ -1,0 +1,55 @@
+"""Resumable sweeps: each finished unit of a long command (one fine-tuning, one fusion) leaves a record.
+
+``<run>/finished/<name>.json`` holds the unit's result and a key: a hash of every setting that shapes it. With
+``resume`` on, a rerun into the same run directory reuses each record whose key still matches and computes only the
+rest; a record written with other settings is logged and computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from mvmlm.rundir import RunDir
+
+__all__ = ["FINISHED_DIR", "settings_key", "FinishedRuns"]
+
+log = logging.getLogger(__name__)
+
+FINISHED_DIR = "finished"
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of ``settings`` (JSON with sorted keys; other objects by their ``str``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class FinishedRuns:
+    """The finished units of a sweep in ``run``; reads only when ``resume``, writes only on the main process."""
+
+    def __init__(self, run: RunDir, resume: bool, main_process: bool = True) -> None:
+        self.run, self.resume, self.main_process = run, resume, main_process
+        self.reused = 0
+
+    def get(self, name: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The result recorded for ``name`` with these ``settings`` (None when not resuming, absent or stale)."""
+        path = self.run.file(f"{FINISHED_DIR}/{name}.json")
+        if not self.resume or not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("key") != settings_key(settings):
+            log.warning("%s was written with other settings; computing it again", path)
+            return None
+        self.reused += 1
+        return record["result"]
+
+    def put(self, name: str, settings: dict[str, Any], result: dict[str, Any]) -> None:
+        """Record ``result`` (JSON-serialisable) for ``name`` atomically."""
+        if self.main_process:
+            self.run.write_json(f"{FINISHED_DIR}/{name}.json", {"key": settings_key(settings), "result": result})
+
+    def log_reused(self) -> None:
+        if self.reused:
+            log.info("reused %d finished run(s) from %s", self.reused, self.run.file(FINISHED_DIR))

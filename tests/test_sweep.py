@@ -1,0 +1,22 @@
+"""Finished-run records of resumable sweeps: reuse only when resuming and only with the same settings."""
+
+from __future__ import annotations
+
+from mvmlm.rundir import RunDir
+from mvmlm.sweep import FinishedRuns, settings_key
+
+
+def test_records_are_reused_only_when_resuming_with_the_same_settings(tmp_path, caplog):
+    run = RunDir(tmp_path)
+    FinishedRuns(run, resume=False).put("a", {"lr": 1}, {"scores": [0.25, 0.5]})
+    assert FinishedRuns(run, resume=False).get("a", {"lr": 1}) is None
+    resumed = FinishedRuns(run, resume=True)
+    assert resumed.get("a", {"lr": 1}) == {"scores": [0.25, 0.5]} and resumed.reused == 1
+    assert resumed.get("a", {"lr": 2}) is None and "other settings" in caplog.text
+    assert resumed.get("b", {"lr": 1}) is None
+
+
+def test_only_the_main_process_writes_and_keys_ignore_dict_order(tmp_path):
+    FinishedRuns(RunDir(tmp_path), resume=True, main_process=False).put("a", {}, {})
+    assert not (tmp_path / "finished").exists()
+    assert settings_key({"a": 1, "b": [2]}) == settings_key({"b": [2], "a": 1}) != settings_key({"a": 1, "b": [3]})
