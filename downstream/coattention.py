@@ -43,7 +43,7 @@ from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder
 from mvmlm.models.mvclip import load_image_tower
 from mvmlm.models.text_encoders import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_REVISION, FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns
+from mvmlm.sweep import FinishedRuns, file_digest
 from report_synthesis import breast_facts, template_report
 
 __all__ = [
@@ -185,6 +185,7 @@ def _train_one(fusion: str, cfg: CoAttentionConfig, loaders: dict, texts: TextFe
     """Train ``fusion``; return it with the weights of the epoch with the best validation score."""
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
+    loaders["train"].generator.manual_seed(cfg.train.seed)  # each fusion sees the same batches, resumed or not
     encoder = image_encoder(cfg.encoder) if FUSIONS[fusion].image else None
     model = FusionClassifier(fusion, cfg.model, 2, encoder, text_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -204,10 +205,11 @@ def _train_one(fusion: str, cfg: CoAttentionConfig, loaders: dict, texts: TextFe
 
 
 def fusion_settings(cfg: CoAttentionConfig, fusion: str) -> dict:
-    """Everything that shapes one fusion's test scores (the encoder by its weights' fingerprint)."""
+    """Everything that shapes one fusion's test scores (the table by its content, the encoder by its weights)."""
     train = {k: v for k, v in config_to_dict(cfg.train).items() if k not in ("num_workers", "device")}
     text = {k: v for k, v in config_to_dict(cfg.text).items() if k != "cache"}
-    return {"fusion": fusion, "data": config_to_dict(cfg.data), "task": cfg.task, "fields": cfg.metadata_fields,
+    data = {**config_to_dict(cfg.data), "table": file_digest(cfg.data.table)}  # by content, wherever it lies
+    return {"fusion": fusion, "data": data, "task": cfg.task, "fields": cfg.metadata_fields,
             "text_seed": cfg.text_seed, "encoder": encoder_fingerprint(cfg.encoder), "text": text,
             "model": config_to_dict(cfg.model), "train": train}  # fmt: skip
 

@@ -268,8 +268,6 @@ def train(cfg: MammoMambaConfig, run: RunDir) -> dict:
         gates = {k: [float(v.mean()), float(v.std())] for k, v in val["gates"].items()}
         best.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": val_auc,
                              "gates_mean_std": gates})  # fmt: skip
-        with open(run.file("train_log.jsonl"), "a") as handle:
-            handle.write(json.dumps(best.history[-1]) + "\n")
         log.info("epoch %d: loss %.4f, val AUC %.4f", epoch, best.history[-1]["loss"], val_auc)
         if best.epoch < 0 or (np.isfinite(val_auc) and val_auc > best.score):
             best.score, best.epoch = val_auc, epoch
@@ -277,6 +275,7 @@ def train(cfg: MammoMambaConfig, run: RunDir) -> dict:
                 run.file(BEST_DIR), acc.get_state_dict(model), cfg, metadata={"epoch": str(epoch)}
             )
         save_training_state(acc, run.file(CHECKPOINTS_DIR), epoch + 1, cfg.keep_checkpoints)
+        run.write_text("train_log.jsonl", "".join(json.dumps(h) + "\n" for h in best.history))  # as checkpointed
     model = acc.unwrap_model(model)
     model.load_state_dict(checkpoint.load_weights(run.file(BEST_DIR)))
     setup = "+".join(model.stream_names) + ("" if cfg.model.backbone_kwargs.get("seqmoe", True) else " no-seqmoe")

@@ -35,8 +35,9 @@ from mvmlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_path, load_checkp
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import BREAST_SLOTS
 from mvmlm.data.preprocess import NotCachedError, load_cached
-from mvmlm.models.image_encoders import create_image_encoder
+from mvmlm.models.image_encoders import create_image_encoder, image_encoder_accepts
 from mvmlm.models.mvclip import ImageTower, MVCLIPConfig, load_image_tower
+from mvmlm.sweep import file_digest
 
 __all__ = [
     "EncoderConfig", "EmbedConfig", "Backbone", "register_source", "build_backbone", "encoder_fingerprint",
@@ -128,14 +129,6 @@ def _checkpoint_dir(cfg: EncoderConfig) -> Path:
     return directory
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _mvclip(cfg: EncoderConfig) -> Backbone:
     directory = _checkpoint_dir(cfg)
     if cfg.init == "pretrained":
@@ -148,20 +141,22 @@ def _mvclip(cfg: EncoderConfig) -> Backbone:
 
 def _mvclip_fingerprint(cfg: EncoderConfig) -> dict:
     directory = _checkpoint_dir(cfg)
-    found = {"config": _file_hash(directory / CONFIG_NAME)}
+    found = {"config": file_digest(directory / CONFIG_NAME)}
     if cfg.init == "pretrained":
-        found["weights"] = _file_hash(directory / WEIGHTS_NAME)
+        found["weights"] = file_digest(directory / WEIGHTS_NAME)
     else:
         found["seed"] = cfg.seed
     return found
 
 
 def _timm_kwargs(cfg: EncoderConfig) -> dict[str, Any]:
-    kwargs = {k: v for k, v in cfg.kwargs.items() if not k.startswith("pretrained")}
-    if cfg.init == "pretrained":
+    """The encoder's arguments: ``pretrained*`` ones (e.g. ``pretrained_path``, ``pretrained_prefix``) only with
+    ``init: pretrained``, plus ``pretrained=True`` for encoders that download weights (timm CNNs)."""
+    if cfg.init != "pretrained":
+        return {k: v for k, v in cfg.kwargs.items() if not k.startswith("pretrained")}
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k != "pretrained"}
+    if image_encoder_accepts(cfg.name, "pretrained"):
         kwargs["pretrained"] = True
-        if cfg.kwargs.get("pretrained_path"):
-            kwargs["pretrained_path"] = cfg.kwargs["pretrained_path"]
     return kwargs
 
 
@@ -176,7 +171,7 @@ def _timm_fingerprint(cfg: EncoderConfig) -> dict:
     found: dict[str, Any] = {"name": cfg.name, "kwargs": _timm_kwargs(cfg), "timm": timm.__version__}
     path = cfg.kwargs.get("pretrained_path")
     if cfg.init == "pretrained" and path:
-        found["weights"] = _file_hash(Path(path).expanduser())
+        found["weights"] = file_digest(Path(path).expanduser())
     if cfg.init == "random":
         found["seed"] = cfg.seed
     return found

@@ -15,8 +15,8 @@ pretraining ``encoder/config.yaml``, so the folder is self-contained); :func:`lo
 
 Long sweeps survive interruption: each finished encoder x task x fraction x seed leaves
 ``finished/<encoder>_<task>_<fraction>_<seed>.json`` (test scores, summary, a key of every setting that shapes the
-result, including the encoder weights' hash); rerunning with ``resume=true`` and the same ``out`` reuses those
-whose key still matches and trains only the rest.
+result, the table and the encoder weights by their content); rerunning with ``resume=true`` and the same ``out``
+reuses those whose key still matches and trains only the rest.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import AugmentConfig, build_transform
 from mvmlm.evaluation import Evaluation, pivot_markdown, report, slug, validation_score
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns
+from mvmlm.sweep import FinishedRuns, file_digest
 from mvmlm.training import check_finite, param_groups, warmup_cosine_schedule
 
 __all__ = [
@@ -263,13 +263,13 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastCl
     return model.to(device).eval(), config
 
 
-def run_settings(cfg: FinetuneConfig, encoder: dict, task: Task, fraction: float, seed: int) -> dict:
-    """Everything that shapes one fine-tuning result: data, ``encoder`` (its
-    :func:`~downstream.embed.encoder_fingerprint`: architecture and weights), task and training settings."""
+def sweep_settings(cfg: FinetuneConfig, processes: int) -> dict:
+    """What every run of the sweep shares and what shapes its result: the data (the table by its content),
+    training settings and the number of processes (batch sizes are per process)."""
     train = {k: v for k, v in config_to_dict(cfg.train).items() if k != "num_workers"}
-    return {"data": config_to_dict(cfg.data), "encoder": encoder, "task": vars(task),
-            "optim": config_to_dict(cfg.optim), "train": train, "pool": cfg.pool, "fraction": fraction,
-            "seed": seed}  # fmt: skip
+    data = {**config_to_dict(cfg.data), "table": file_digest(cfg.data.table)}
+    return {"data": data, "optim": config_to_dict(cfg.optim), "train": train, "pool": cfg.pool,
+            "processes": processes}  # fmt: skip
 
 
 def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
@@ -279,7 +279,7 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
     patients = breasts["patient"].to_numpy()
     names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
     evaluations, histories = [], []
-    finished = FinishedRuns(run, cfg.resume, acc.is_main_process)
+    finished, shared = FinishedRuns(run, cfg.resume, acc.is_main_process), sweep_settings(cfg, acc.num_processes)
     fingerprints = {name: encoder_fingerprint(encoder) for name, encoder in cfg.encoders.items()}
     for (encoder_name, encoder), task in itertools.product(cfg.encoders.items(), tasks):
         labels = task.labels(breasts)
@@ -289,7 +289,8 @@ def run_finetune(cfg: FinetuneConfig, acc: Accelerator, run: RunDir) -> dict:
             chosen = {**rows, "train": train}
             splits = {k: (breasts.iloc[idx].reset_index(drop=True), labels[idx]) for k, idx in chosen.items()}
             stem = slug([encoder_name, task.name, fraction, seed])
-            settings = run_settings(cfg, fingerprints[encoder_name], task, fraction, seed)
+            settings = {**shared, "encoder": fingerprints[encoder_name], "task": vars(task), "fraction": fraction,
+                        "seed": seed}  # fmt: skip
             record = finished.get(stem, settings)
             if record is not None:
                 scores, summary = np.asarray(record["scores"]), record["summary"]

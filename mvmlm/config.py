@@ -47,15 +47,18 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _explain(exc, source) from None
 
 
-def _missing_leaves(node: Any, prefix: str = "") -> Iterator[str]:
-    """Dotted keys of the ``???`` values in a plain nested dict (lists are merged whole, so they keep theirs)."""
+def _missing_leaves(node: Any, path: tuple = ()) -> Iterator[tuple]:
+    """Key paths of the ``???`` values in a plain nested dict (lists are merged whole, so they keep theirs).
+
+    Paths, not dotted strings: a dict key may itself contain a dot (an encoder named ``resnet50.a1``).
+    """
     if not isinstance(node, dict):
         return
     for key, value in node.items():
         if value == MISSING:
-            yield f"{prefix}{key}"
+            yield (*path, key)
         else:
-            yield from _missing_leaves(value, f"{prefix}{key}.")
+            yield from _missing_leaves(value, (*path, key))
 
 
 def _load(path: Path) -> DictConfig:
@@ -80,8 +83,11 @@ def _merged_config(schema: type, files: Sequence[str | Path] = (), overrides: Se
     for file in files:
         loaded = _load(Path(file))
         cfg = _merge(cfg, loaded, str(file))
-        for key in _missing_leaves(OmegaConf.to_container(loaded, resolve=False, throw_on_missing=False)):
-            OmegaConf.update(cfg, key, MISSING, merge=False)
+        for *parents, leaf in _missing_leaves(OmegaConf.to_container(loaded, resolve=False, throw_on_missing=False)):
+            node = cfg
+            for key in parents:
+                node = node._get_node(key)  # item access would resolve values; the node itself is wanted
+            node[leaf] = MISSING
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value")

@@ -119,12 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def config_file(name: str) -> str:
-    """``name`` as given when it exists (or is absolute), else resolved in the source tree's ``configs/``."""
+    """``name`` as given when it exists, else (if relative) resolved in the source tree; ConfigError if neither."""
     path = Path(name)
-    if path.is_absolute() or path.is_file():
+    if path.is_file():
         return str(path)
     found = SOURCE_TREE / path
-    if not found.is_file():
+    if path.is_absolute() or not found.is_file():
         raise ConfigError(f"config file not found: {name} (neither here nor in the source tree {SOURCE_TREE})")
     return str(found)
 

@@ -10,15 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from mvmlm.rundir import RunDir
 
-__all__ = ["FINISHED_DIR", "settings_key", "FinishedRuns"]
+__all__ = ["FINISHED_DIR", "file_digest", "settings_key", "FinishedRuns"]
 
 log = logging.getLogger(__name__)
 
 FINISHED_DIR = "finished"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: identifies an input by its content, wherever it lies."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -192,7 +192,11 @@ def resolve_resume(resume: str, root: str | Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, keep: int) -> Path:
-    """``accelerator.save_state`` into ``root/step_<step>`` atomically; keep the ``keep`` newest (0 = all)."""
+    """``accelerator.save_state`` into ``root/step_<step>`` atomically; keep the ``keep`` newest (0 = all).
+
+    Checkpoints of later steps (an earlier run into the same folder) are removed, so ``resume=latest`` always
+    continues this run.
+    """
     root = Path(root)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -207,6 +211,9 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, keep: int) ->
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        for later, stale in checkpoint_dirs(root):
+            if later > step:  # left by an earlier run into the same folder: this run supersedes it
+                shutil.rmtree(stale, ignore_errors=True)
         if keep > 0:
             for _, old in checkpoint_dirs(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -102,6 +102,9 @@ def test_yaml_mandatory_value_on_dict_of_dataclass_entry_stays_mandatory(tmp_pat
     path.write_text("encoders:\n  a:\n    checkpoint: ???\nname: ???\n")
     with pytest.raises(ConfigError, match=r"missing mandatory value\(s\): encoders\.a\.checkpoint, name;"):
         build_config(Encoders, [path])
+    path.write_text("encoders:\n  resnet50.a1:\n    checkpoint: ???\n")  # a dict key with a dot in it
+    with pytest.raises(ConfigError, match=r"missing mandatory value\(s\): encoders\.resnet50\.a1\.checkpoint;"):
+        build_config(Encoders, [path])
 
 
 def test_yaml_mandatory_value_is_satisfied_by_a_later_file_or_override(tmp_path):

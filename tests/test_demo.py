@@ -23,6 +23,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, monkeypatch):
 
 
 def test_a_missing_stage_config_fails_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
-        main([f"out={tmp_path / 'demo'}", "reports_config=configs/reports/nope.yaml"])
+    for missing in ("configs/reports/nope.yaml", str(tmp_path / "nope.yaml")):
+        with pytest.raises(ConfigError, match="nope.yaml"):
+            main([f"out={tmp_path / 'demo'}", f"reports_config={missing}"])
     assert not (tmp_path / "demo").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns, settings_key
+from mvmlm.sweep import FinishedRuns, file_digest, settings_key
 
 
 def test_records_are_reused_only_when_resuming_with_the_same_settings(tmp_path, caplog):
@@ -20,3 +20,13 @@ def test_only_the_main_process_writes_and_keys_ignore_dict_order(tmp_path):
     FinishedRuns(RunDir(tmp_path), resume=True, main_process=False).put("a", {}, {})
     assert not (tmp_path / "finished").exists()
     assert settings_key({"a": 1, "b": [2]}) == settings_key({"b": [2], "a": 1}) != settings_key({"a": 1, "b": [3]})
+
+
+def test_file_digest_follows_content_not_path(tmp_path):
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    a.write_bytes(b"one")
+    b.write_bytes(b"one")
+    before = file_digest(a)
+    assert before == file_digest(b)
+    a.write_bytes(b"two")  # re-split table written to the same path
+    assert file_digest(a) != before

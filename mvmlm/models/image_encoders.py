@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["ImageEncoder", "TimmEncoder", "register_image_encoder", "create_image_encoder", "image_encoder_names"]
+__all__ = [
+    "ImageEncoder", "TimmEncoder", "register_image_encoder", "create_image_encoder", "image_encoder_names",
+    "image_encoder_accepts",
+]  # fmt: skip
 
 
 class ImageEncoder(nn.Module):
@@ -80,6 +84,16 @@ def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
     if build is None or (sep and not variant):
         raise ValueError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
     return build(variant, **kwargs) if sep else build(**kwargs)
+
+
+def image_encoder_accepts(name: str, argument: str) -> bool:
+    """Whether the encoder registered as ``name`` takes keyword ``argument`` (e.g. ``pretrained``)."""
+    family, sep, _ = name.partition(":")
+    build = _IMAGE_ENCODERS.get(family + sep)
+    if build is None:
+        raise ValueError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
+    parameters = inspect.signature(build).parameters
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _pretrained_error(model_name: str, hub_id: str | None, exc: Exception) -> RuntimeError:

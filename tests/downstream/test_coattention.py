@@ -163,5 +163,10 @@ def test_resume_reuses_finished_fusions_and_retrains_changed_ones(embed_cache, t
     monkeypatch.setattr(coattention, "_train_one", recorded)
     again = main([*argv, "resume=true"])
     assert trained == [] and [r["auc"] for r in again["results"]] == [r["auc"] for r in first["results"]]
+    (tmp_path / "run" / "finished" / "late_concat.json").unlink()  # interrupted while training the second fusion
+    resumed = pd.read_parquet(tmp_path / "run" / "predictions.parquet")  # (from the run just before)
+    main([*argv, "resume=true"])
+    assert trained == ["late_concat"]  # trained again on the same batches as in the uninterrupted run
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "predictions.parquet"), resumed)
     main([*argv, "resume=true", "train.lr=0.01"])
-    assert trained == ["text_only", "late_concat"]
+    assert trained == ["late_concat", "text_only", "late_concat"]

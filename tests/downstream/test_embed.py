@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import downstream.embed as embed
-from downstream.embed import EmbedConfig, EncoderConfig, breast_embeddings, image_embeddings, pool_views
+from downstream.embed import (
+    EmbedConfig,
+    EncoderConfig,
+    breast_embeddings,
+    build_backbone,
+    image_embeddings,
+    pool_views,
+)
 from mvmlm.checkpoint import load_checkpoint_config, load_weights, save_checkpoint
 from mvmlm.data.exams import build_breasts
 from mvmlm.data.preprocess import load_cached, read_cached_table
@@ -114,3 +121,23 @@ def test_timm_weights_from_a_file_are_loaded_and_key_the_cache(table, tmp_path):
     state["conv1.0.weight"] = state["conv1.0.weight"] + 1.0
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
     assert embed.encoder_fingerprint(encoder)["weights"] != before["weights"]  # new weights, new cache entry
+
+
+def test_encoders_without_downloadable_weights_take_local_ones(tmp_path):
+    """mambavision_hybrid has no ``pretrained`` flag: ``init: pretrained`` passes only its pretrained_* arguments."""
+    from safetensors.torch import save_file
+
+    from mvmlm.models.image_encoders import create_image_encoder
+
+    tiny = {"depths": [1, 1, 1, 1], "dim": 8, "in_dim": 4, "heads": [1, 1, 2, 2], "in_chans": 1}
+    torch.manual_seed(3)
+    source = create_image_encoder("mambavision_hybrid", **tiny).eval()
+    weights = tmp_path / "model.safetensors"
+    save_file({f"image.encoder.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    kwargs = {**tiny, "pretrained_path": str(weights), "pretrained_prefix": "image.encoder."}
+    backbone = build_backbone(EncoderConfig(source="timm", name="mambavision_hybrid", kwargs=kwargs))
+    images = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images), source(images).mean((2, 3)))
+    random = EncoderConfig(source="timm", name="mambavision_hybrid", kwargs=kwargs, init="random")
+    assert "pretrained_path" not in embed.encoder_fingerprint(random)["kwargs"]

@@ -92,6 +92,8 @@ def test_save_rotates_and_replaces_atomically(tmp_path):
         training.save_checkpoint(acc, tmp_path, step, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000003"]
     assert (tmp_path / "step_00000003" / "state.pt").is_file()
+    training.save_checkpoint(acc, tmp_path, 1, keep=2)  # a new run into the same folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001"]
 
 
 def test_resume_with_another_layout_is_refused():
