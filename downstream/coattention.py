@@ -204,14 +204,15 @@ def _train_one(fusion: str, cfg: CoAttentionConfig, loaders: dict, texts: TextFe
     return model
 
 
-def fusion_settings(cfg: CoAttentionConfig, fusion: str) -> dict:
-    """Everything that shapes one fusion's test scores (the table by its content, the encoder by its weights)."""
+def run_settings(cfg: CoAttentionConfig) -> dict:
+    """Everything besides the fusion that shapes its test scores (the table by its content, the encoder by its
+    weights); read once per run."""
     train = {k: v for k, v in config_to_dict(cfg.train).items() if k not in ("num_workers", "device")}
     text = {k: v for k, v in config_to_dict(cfg.text).items() if k != "cache"}
     data = {**config_to_dict(cfg.data), "table": file_digest(cfg.data.table)}  # by content, wherever it lies
-    return {"fusion": fusion, "data": data, "task": cfg.task, "fields": cfg.metadata_fields,
-            "text_seed": cfg.text_seed, "encoder": encoder_fingerprint(cfg.encoder), "text": text,
-            "model": config_to_dict(cfg.model), "train": train}  # fmt: skip
+    return {"data": data, "task": cfg.task, "fields": cfg.metadata_fields, "text_seed": cfg.text_seed,
+            "encoder": encoder_fingerprint(cfg.encoder), "text": text, "model": config_to_dict(cfg.model),
+            "train": train}  # fmt: skip
 
 
 def run_coattention(cfg: CoAttentionConfig, run: RunDir) -> dict:
@@ -242,9 +243,9 @@ def run_coattention(cfg: CoAttentionConfig, run: RunDir) -> dict:
                                    num_workers=cfg.train.num_workers, collate_fn=_collate,
                                    generator=torch.Generator().manual_seed(cfg.train.seed))  # fmt: skip
     test = breasts.iloc[rows["test"]]
-    evaluations, finished = [], FinishedRuns(run, cfg.resume)
+    evaluations, finished, shared = [], FinishedRuns(run, cfg.resume), run_settings(cfg)
     for fusion in cfg.fusions:
-        settings = fusion_settings(cfg, fusion)
+        settings = {**shared, "fusion": fusion}
         record = finished.get(fusion, settings)
         if record is not None:
             scores = np.asarray(record["scores"])
