@@ -61,8 +61,10 @@ def run(fmt: str, exams: int, height: int, width: int, repeats: int, workdir: Pa
             sums[key][3] += 1
     print(f"\n{'transfer syntax':<34}{'files':>6}{'bare ms':>9}{'read ms':>9}{'cache ms':>9}{'(a)':>7}{'(b)':>8}")
     for key, (bare, ours, cache, count) in sorted(sums.items(), key=lambda kv: kv[0] == "all files"):
-        print(f"{key[:33]:<34}{count:>6}{bare / count * 1e3:>9.1f}{ours / count * 1e3:>9.1f}{cache / count * 1e3:>9.2f}"
-              f"{ours / bare:>7.2f}{cache / bare:>8.3f}")  # fmt: skip
+        print(
+            f"{key[:33]:<34}{count:>6}{bare / count * 1e3:>9.1f}{ours / count * 1e3:>9.1f}{cache / count * 1e3:>9.2f}"
+            f"{ours / bare:>7.2f}{cache / bare:>8.3f}"
+        )
     bare, ours, cache, _ = sums["all files"]
     ratios = {"a": ours / bare, "b": cache / bare}
     print(f"\n(a) read_mammogram / bare pydicom decode = {ratios['a']:.2f}  (target <= {TARGETS['a']})")

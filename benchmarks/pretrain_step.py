@@ -34,11 +34,14 @@ from pretrain.train import DeviceTextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 PHRASES = [
-    "FINDINGS: {side} breast, CC and MLO views.", "The breast tissue is heterogeneously dense, which may obscure",
-    "small masses.", "There is an irregular mass with spiculated margins in the upper outer quadrant.",
-    "Fine pleomorphic calcifications in a segmental distribution.", "No suspicious calcifications are seen.",
+    "FINDINGS: {side} breast, CC and MLO views.",
+    "The breast tissue is heterogeneously dense, which may obscure",
+    "small masses.",
+    "There is an irregular mass with spiculated margins in the upper outer quadrant.",
+    "Fine pleomorphic calcifications in a segmental distribution.",
+    "No suspicious calcifications are seen.",
     "IMPRESSION: Suspicious abnormality (BI-RADS {birads}); biopsy should be considered.",
-]  # fmt: skip
+]
 
 
 def reports(n: int) -> list[str]:
@@ -97,10 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
         images = torch.rand(2 * batch, 1, height, width, device=device)
         hidden, mask = encoder.encode(texts)
         base = {
-            "cc": images[:batch], "mlo": images[batch:], "cc_present": torch.ones(batch, dtype=torch.bool),
-            "mlo_present": torch.ones(batch, dtype=torch.bool), "texts": texts, "text_ids": text_group_ids(texts),
+            "cc": images[:batch],
+            "mlo": images[batch:],
+            "cc_present": torch.ones(batch, dtype=torch.bool),
+            "mlo_present": torch.ones(batch, dtype=torch.bool),
+            "texts": texts,
+            "text_ids": text_group_ids(texts),
             "ids": [str(i) for i in range(batch)],
-        }  # fmt: skip
+        }
         cached = {**base, "text_hidden": hidden, "text_mask": mask}
         loss_fn = MultiViewClipLoss(cfg.train.image_image_weight, cfg.train.multi_positive)
 
@@ -120,11 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
         t_live = timed(lambda: step(base, encoder), device, args.steps, args.warmup)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "encoder": cfg.model.image.encoder, "image_size": [height, width], "breasts_per_step": batch,
-        "mixed_precision": precision, "grad_checkpointing": cfg.train.grad_checkpointing,
-        "encoder_fwd_bwd_s": t_encoder, "step_cached_text_s": t_cached, "step_live_text_s": t_live,
-        "a_step_over_encoder": t_cached / t_encoder, "b_live_over_cached": t_live / t_cached,
-    }  # fmt: skip
+        "encoder": cfg.model.image.encoder,
+        "image_size": [height, width],
+        "breasts_per_step": batch,
+        "mixed_precision": precision,
+        "grad_checkpointing": cfg.train.grad_checkpointing,
+        "encoder_fwd_bwd_s": t_encoder,
+        "step_cached_text_s": t_cached,
+        "step_live_text_s": t_live,
+        "a_step_over_encoder": t_cached / t_encoder,
+        "b_live_over_cached": t_live / t_cached,
+    }
     width_ = max(map(len, results))
     for key, value in results.items():
         print(f"{key:<{width_}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width_}}  {value}")

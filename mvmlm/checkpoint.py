@@ -19,9 +19,14 @@ from torch import Tensor
 from mvmlm.config import build_config, config_to_yaml
 
 __all__ = [
-    "WEIGHTS_NAME", "CONFIG_NAME", "atomic_path", "save_checkpoint", "load_weights", "load_checkpoint_config",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "atomic_path",
+    "save_checkpoint",
+    "load_weights",
+    "load_checkpoint_config",
     "checkpoint_metadata",
-]  # fmt: skip
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"

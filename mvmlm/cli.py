@@ -1,6 +1,9 @@
 """The ``mvmlm`` umbrella command: ``mvmlm <command> [--config FILE] [key=value ...]``.
 
-Each command is a module exposing ``main(argv)``; it is imported only when run, so ``mvmlm --help`` is instant.
+Commands are found through the entry-point group ``mvmlm.commands`` (see pyproject.toml): each entry names a
+:class:`Command`, a light description living in a module that imports neither torch nor the command's code. The
+command's module is imported only when it runs; ``--help`` needs only its config schema, so it answers at once.
+A package outside mvmlm adds a command by declaring an entry point in the same group.
 """
 
 from __future__ import annotations
@@ -9,39 +12,73 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
 
 from mvmlm.errors import InputError
 
-__all__ = ["COMMANDS", "main", "run_command"]
+__all__ = ["ENTRY_POINT_GROUP", "Command", "commands", "main", "run_command", "module_main"]
 
-#: command -> (module with ``main(argv)``, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synth-data": ("mvmlm.data.synthetic", "write synthetic mammography exams in a dataset's native format"),
-    "tables": ("mvmlm.data.sources", "read a native dataset into the canonical image table (parquet)"),
-    "preprocess": ("mvmlm.data.preprocess", "decode, crop and resize images into the 16-bit image cache"),
-    "reports": ("report_synthesis.run", "write synthetic per-breast radiology reports from a canonical table"),
-    "pretrain": ("pretrain.train", "MV-CLIP pretraining on breasts + reports (also `accelerate launch -m pretrain`)"),
-    "probe": (
-        "downstream.linear_probe",
-        "linear probe of frozen encoders (checkpoint, random init, ImageNet) at fractions",
-    ),
-    "finetune": ("downstream.finetune", "fine-tune an image tower + linear head at label fractions"),
-    "zeroshot": ("downstream.zeroshot", "zero-shot breast classification with class prompt ensembles"),
-    "multiview": ("downstream.multiview", "four-view BI-RADS + malignancy classifier and its grid (`multiview grid`)"),
-    "coattention": ("downstream.coattention", "co-attention of images and metadata text vs image/text-only baselines"),
-    "risk": ("downstream.risk", "breast-cancer risk: Coxnet and additive-hazard head; C-index, 2y/5y AUC"),
-    "dual-stream": (
-        "downstream.dual_stream",
-        "Mammo-Mamba dual-stream (lesion crop + whole image) benign vs malignant",
-    ),
-    "info": ("mvmlm.info", "package versions and whether CUDA, mamba-ssm kernels and vLLM are usable"),
-    "demo": ("mvmlm.demo", "run the toolkit end to end on built-in synthetic data"),
-}
+ENTRY_POINT_GROUP = "mvmlm.commands"
 
 
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the ``mvmlm`` CLI.
+
+    Attributes:
+        name: what follows ``mvmlm``.
+        summary: one line for ``mvmlm --help``.
+        main: ``"package.module:function"`` taking ``argv``; imported only when the command runs.
+        config: ``"package.module:Schema"`` of its typed config, importable without torch (``--help`` reads it).
+        description: plain text shown first by ``--help``.
+        flags: config keys also accepted as ``--flag VALUE`` (``--resume latest`` sets ``train.resume``).
+    """
+
+    name: str
+    summary: str
+    main: str
+    config: str
+    description: str = ""
+    flags: tuple[tuple[str, str], ...] = ()  # (flag, config key)
+
+    def parse(self, argv: Sequence[str] | None = None) -> Any:
+        """The typed config of ``argv`` (``--config FILE``, flags, ``key=value``); ``--help`` prints and exits."""
+        import argparse
+
+        from mvmlm.config import load_config
+
+        prog = f"mvmlm {self.name}"
+        parser = argparse.ArgumentParser(prog=prog, description=self.description or self.summary)
+        for flag, key in self.flags:
+            parser.add_argument(f"--{flag}", dest=key, metavar=key.rsplit(".", 1)[-1].upper(), help=f"same as {key}=")
+        return load_config(_load(self.config), argv, parser=parser)
+
+    def run(self, argv: Sequence[str] | None = None) -> Any:
+        """Import the command's ``main`` and call it with ``argv``."""
+        return _load(self.main)(None if argv is None else list(argv))
+
+
+def commands() -> dict[str, Command]:
+    """Every installed command by name, in the order of the entry points' names."""
+    found: dict[str, Command] = {}
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        command = entry.load()
+        if not isinstance(command, Command) or command.name != entry.name:
+            raise TypeError(f"entry point {entry.name} = {entry.value} is not a Command named {entry.name!r}")
+        found[entry.name] = command
+    return found
+
+
+def _usage(known: dict[str, Command]) -> str:
+    width = max(map(len, known), default=0)
+    rows = "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in known.items())
     return (
         "usage: mvmlm <command> [--config FILE] [key=value ...]\n\n"
         f"commands:\n{rows}\n\n`mvmlm <command> --help` explains a command and lists its config keys."
@@ -62,18 +99,25 @@ def run_command(entry: Callable[[list[str] | None], object], argv: Sequence[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``argv[0]`` to its command module."""
+    """Dispatch ``argv[0]`` to its command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    known = commands()
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(known))
         return 0
     name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"mvmlm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    if name not in known:
+        print(f"mvmlm: unknown command {name!r}\n\n{_usage(known)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    sys.argv = [f"mvmlm {name}", *rest]
-    return run_command(module.main, rest)
+    command = known[name]
+    if any(arg in ("-h", "--help") for arg in rest):
+        return run_command(command.parse, rest)  # prints the help from the config schema alone, then exits
+    return run_command(command.run, rest)
+
+
+def module_main(name: str) -> int:
+    """What ``python -m <package>`` runs: the command ``name`` with the process's arguments."""
+    return main([name, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

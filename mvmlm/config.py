@@ -14,15 +14,29 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mvmlm.errors import InputError
 
-__all__ = ["MISSING", "ConfigError", "load_config", "config_to_yaml", "config_to_dict", "describe_config"]
+__all__ = [
+    "MISSING",
+    "ConfigError",
+    "load_config",
+    "build_config",
+    "config_to_yaml",
+    "config_to_dict",
+    "describe_config",
+    "AugmentConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "DataConfig",
+    "RENAMED_KEYS",
+]
 
 T = TypeVar("T")
 
@@ -33,14 +47,150 @@ class ConfigError(ValueError, InputError):
     """A config file or override is invalid (unknown key, wrong type, missing value)."""
 
 
+# ----------------------------------------------------------------------------------- the pieces every command shares
+
+
+@dataclass
+class AugmentConfig:
+    """The training affine of the hybrid CNN-VSSM paper (3.1); evaluation images are never augmented."""
+
+    enabled: bool = True
+    degrees: float = 10.0  # rotation drawn from [-degrees, degrees]
+    translate: float = 0.05  # shift drawn from [-translate, translate] x image size, per axis
+    scale: list[float] = field(default_factory=lambda: [0.95, 1.05])  # zoom range [low, high]
+    hflip: float = 0.0  # probability of a horizontal flip (moves the chest wall to the right; the paper used 0.5)
+
+
+@dataclass
+class DataConfig:
+    """Where training data come from: the ``table.parquet`` of a ``mvmlm preprocess`` cache, split as it says."""
+
+    table: str = MISSING  # table.parquet of a `mvmlm preprocess` cache folder (its split column is used as is)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    batch_size: int = 8  # items per process per micro-batch
+    eval_batch_size: int = 0  # 0 = batch_size
+    num_workers: int = 0  # DataLoader worker processes
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (no weight decay on norms, biases and scalars) and the learning-rate schedule."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine (linear warmup, cosine decay per step) | plateau (cut on the selected metric)
+    warmup_steps: int = 0  # optimizer steps of linear warmup (cosine)
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    plateau_factor: float = 0.5  # plateau: lr multiplier when the selected metric stops improving
+    plateau_patience: int = 10  # plateau: evaluations without improvement before the cut
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    """The training loop of every trainer (:class:`mvmlm.training.Engine`)."""
+
+    epochs: int = 10
+    max_steps: int = 0  # optimizer steps; 0 = epochs x steps per epoch
+    accum_steps: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    device: str = "auto"  # auto (an accelerator when visible) | cpu
+    seed: int = 0
+    select: str = ""  # validation metric that picks the best weights, e.g. val/auc ('' = the command's default)
+    select_mode: str = "max"  # max | min
+    early_stop: int = 0  # stop after this many evaluations without a better selected metric (0 = never)
+    eval_every: int = 0  # optimizer steps between validations; 0 = after every epoch
+    save_every: int = 0  # optimizer steps between training-state checkpoints; 0 = after every epoch
+    keep_checkpoints: int = 1  # newest training states kept (0 = all)
+    resume: str = "none"  # none | latest (newest state in the run's checkpoints/) | PATH of a checkpoint folder
+    log_every: int = 10  # optimizer steps between tracker / progress-bar updates (train_log.jsonl gets every step)
+    trackers: list[str] = field(default_factory=list)  # any Accelerate tracker: tensorboard, wandb, mlflow, ...
+    find_unused_parameters: bool = False  # DDP: for models with parameters a forward may skip (slower)
+    progress: bool = True  # progress bar (main process)
+
+
+#: keys of earlier versions -> what replaced them; a config using one gets a one-line error naming the new key.
+#: Keyed by the full dotted path, or by the last part alone where that is unambiguous.
+RENAMED_KEYS: dict[str, str] = {
+    "augment_params": "data.augment (its fields; data.augment.enabled switches it)",
+    "cpu": "train.device=cpu",
+    "warmup_epochs": "optim.warmup_steps (in optimizer steps)",
+    "patience": "train.early_stop",
+    "select_metric": "train.select (e.g. val/auc)",
+    "tracker": "train.trackers (a list, e.g. [tensorboard])",
+    "val_fraction": "the table's split column (re-split once with `mvmlm split`)",
+    "split_seed": "the table's split column (re-split once with `mvmlm split`)",
+    "resume": "train.resume (none | latest | PATH)",
+    "train.lr": "optim.lr",
+    "train.weight_decay": "optim.weight_decay",
+    "train.batch_size": "data.batch_size",
+    "train.num_workers": "data.num_workers",
+    "train.augment": "data.augment",
+    "optim.epochs": "train.epochs",
+    "hazard.lr": "optim.lr",
+    "hazard.weight_decay": "optim.weight_decay",
+    "hazard.epochs": "train.epochs",
+    "hazard.batch_size": "data.batch_size",
+    "hazard.seed": "train.seed",
+    "eval.every": "train.eval_every",
+    "eval.batch_size": "data.eval_batch_size",
+    "train.grad_checkpointing": "grad_checkpointing",
+    "train.image_image_weight": "loss.image_image_weight",
+    "train.multi_positive": "loss.multi_positive",
+    "train.save_every_epochs": "train.save_every",
+    "optim.label_smoothing": "model.label_smoothing",
+    "data.root": "the crop table beside data.table (make crops with `mvmlm preprocess ... roi.enabled=true`)",
+    "data.roi": "the roi.* settings of `mvmlm preprocess` (crops are made there, beside the image cache)",
+    "keep_checkpoints": "train.keep_checkpoints",
+}
+
+
+def _renamed_hint(exc: OmegaConfBaseException, key: str | None) -> str:
+    if not key or not isinstance(exc, ConfigKeyError):  # only a key the schema does not have
+        return ""
+    parts = str(key).split(".")
+    for length in range(len(parts), 0, -1):
+        old = ".".join(parts[-length:])
+        if old in RENAMED_KEYS and (length > 1 or "." not in old):
+            return f"; it was renamed: use {RENAMED_KEYS[old]}"
+    return ""
+
+
 def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = (getattr(exc, "msg", None) or str(exc)).partition("\n")[0]  # drop OmegaConf's full_key/object_type lines
     where = f"key {key!r}" if key else "config"
-    return ConfigError(f"{source}: {where}: {msg}")
+    return ConfigError(f"{source}: {where}: {msg}{_renamed_hint(exc, key)}")
+
+
+def _check_sections(base: DictConfig, other: Any, source: str, path: str = "") -> None:
+    """A scalar where the schema now has a section (``data.augment: false`` of earlier versions) gets a one-line
+    error naming the section's fields, instead of OmegaConf's merge error without a key."""
+    if isinstance(other, DictConfig):
+        other = OmegaConf.to_container(other, resolve=False, throw_on_missing=False)
+    if not isinstance(other, dict) or not isinstance(base, DictConfig):
+        return
+    for key, value in other.items():
+        name = f"{path}{key}"
+        node = base._get_node(key, validate_access=False) if key in list(base.keys()) else None
+        if isinstance(node, DictConfig) and not isinstance(value, dict) and value is not None and value != MISSING:
+            fields = ", ".join(f"{name}.{k}" for k in node.keys())
+            shown = str(value).lower() if isinstance(value, bool) else value
+            hint = f" (e.g. {name}.enabled={shown})" if "enabled" in node else ""
+            raise ConfigError(
+                f"{source}: key {name!r}: is a section now, not {value!r}; set its fields: {fields}{hint}"
+            )
+        if isinstance(node, DictConfig):
+            _check_sections(node, value, source, f"{name}.")
 
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    _check_sections(base, other, source)
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:

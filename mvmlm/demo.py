@@ -9,19 +9,17 @@ registry, as a user would run the commands.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from mvmlm.cli import COMMANDS
-from mvmlm.config import ConfigError, load_config
+from mvmlm.cli import commands
+from mvmlm.config import ConfigError
 from mvmlm.data import schema
-from mvmlm.data.contact_sheet import contact_sheet
 from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, preprocess_table
 from mvmlm.data.sources import read_source
 from mvmlm.data.synthetic import write_synthetic
@@ -34,9 +32,11 @@ log = logging.getLogger(__name__)
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # configs/ lives beside the packages in a source checkout
 #: the config file of each model stage (found here, or else in the source tree)
 STAGE_CONFIGS = {
-    "pretrain": "configs/pretrain/tiny_cpu.yaml", "probe": "configs/downstream/tiny_probe.yaml",
-    "multiview": "configs/downstream/multiview/tiny.yaml", "risk": "configs/downstream/risk/tiny.yaml",
-}  # fmt: skip
+    "pretrain": "configs/pretrain/tiny_cpu.yaml",
+    "probe": "configs/probe/tiny.yaml",
+    "multiview": "configs/multiview/tiny.yaml",
+    "risk": "configs/risk/tiny.yaml",
+}
 
 
 @dataclass
@@ -80,13 +80,16 @@ def summarize(table: pd.DataFrame, failures: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo; returns the summary that is also written to ``metrics.json``."""
-    parser = argparse.ArgumentParser(prog="mvmlm demo", description=__doc__)
-    cfg = load_config(DemoConfig, argv, parser=parser)
+    from mvmlm.commands import DEMO
+
+    cfg = DEMO.parse(argv)
     # Tiny synthetic splits often hold one class: scikit-learn then warns on every confusion matrix.
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
     for name in [cfg.reports_config, *(STAGE_CONFIGS.values() if cfg.model_stages else [])]:
         config_file(name)  # fail before any stage runs
     run = RunDir.create(cfg.out, cfg)
+    for stage in STAGE_CONFIGS:  # the demo rebuilds its data: an earlier demo's trained runs are replaced
+        shutil.rmtree(run.file(stage), ignore_errors=True)
     root = run.file("data")
     log.info("1/9 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
     write_synthetic(cfg.format, root, exams=cfg.exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width)
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
     log.info("4/9 summary and contact sheet")
     summary = summarize(table, failures)
+    from mvmlm.data.contact_sheet import contact_sheet  # torch: only when the demo runs, not for --help
+
     sheet = contact_sheet(cached, run.file("contact_sheet.png"), exams=cfg.contact_exams)
     summary["contact_sheet"] = str(sheet)
     run.write_metrics(summary)
@@ -130,22 +135,35 @@ def config_file(name: str) -> str:
 
 
 def run_command(name: str, argv: list[str]):
-    """Run an ``mvmlm`` command by name, as the umbrella CLI does (the core imports no application package)."""
-    return importlib.import_module(COMMANDS[name][0]).main(argv)
+    """Run an ``mvmlm`` command by name, as the umbrella CLI does (found through its entry point: the core imports
+    no application package)."""
+    return commands()[name].run(argv)
 
 
 def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
     """Stage 5: reports per breast with the template backend; prints a few."""
     out = run.file("reports")
     log.info("5/9 writing per-breast reports (%s)", cfg.reports_config)
-    metrics = run_command("reports", ["--config", config_file(cfg.reports_config), f"table={run.file('table.parquet')}",
-                                      f"out={out}", "progress=false"])  # fmt: skip
+    metrics = run_command(
+        "reports",
+        [
+            "--config",
+            config_file(cfg.reports_config),
+            f"table={run.file('table.parquet')}",
+            f"out={out}",
+            "progress=false",
+        ],
+    )
     corpus = pd.read_parquet(sorted((out / "parts").glob("part-*.parquet")))
     print(f"\nreports: {len(corpus)} for {corpus.breast_id.nunique()} breasts, e.g.")
     for _, row in corpus.drop_duplicates("breast_id").head(2).iterrows():
         print(f"  [{row.breast_id}] {row.report}")
-    return {"reports": int(len(corpus)), "breasts": int(corpus.breast_id.nunique()), "corpus": str(out),
-            "rejections": metrics["rejections"]}  # fmt: skip
+    return {
+        "reports": int(len(corpus)),
+        "breasts": int(corpus.breast_id.nunique()),
+        "corpus": str(out),
+        "rejections": metrics["rejections"],
+    }
 
 
 def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
@@ -153,36 +171,70 @@ def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
     log.info("6/9 pretraining a tiny MV-CLIP (%d steps)", cfg.pretrain_steps)
     texts = sorted(set(pd.read_parquet(sorted((corpus / "parts").glob("part-*.parquet"))).report))
     bert = write_tiny_text_model(run.file("tiny_text_model"), texts)
-    res = run_command("pretrain", [
-        "--config", config_file(STAGE_CONFIGS["pretrain"]), f"data.table={table}", f"data.corpus={corpus}",
-        f"model.text.model={bert}", "model.text.hidden_size=32", f"out={run.file('pretrain')}",
-        f"model.image.image_size=[{cfg.height},{cfg.width}]", "model.image.encoder=timm:test_resnet",
-        f"train.max_steps={cfg.pretrain_steps}", "optim.lr=1e-2", "optim.warmup_steps=3", "data.val_split=test",
-    ])  # fmt: skip
+    res = run_command(
+        "pretrain",
+        [
+            "--config",
+            config_file(STAGE_CONFIGS["pretrain"]),
+            f"data.table={table}",
+            f"data.corpus={corpus}",
+            f"model.text.model={bert}",
+            "model.text.hidden_size=32",
+            f"out={run.file('pretrain')}",
+            f"model.image.image_size=[{cfg.height},{cfg.width}]",
+            "model.image.encoder=timm:test_resnet",
+            f"train.max_steps={cfg.pretrain_steps}",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=3",
+            "data.val_split=test",
+        ],
+    )
     before, after = res["before"]["train"], res["after"]["train"]
-    print(f"\npretraining: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; train image->text R@5 "
-          f"{before['i2t_R@5']:.2f} -> {after['i2t_R@5']:.2f} (chance {after['chance_R@5']:.2f})")  # fmt: skip
-    return {"loss_first": res["losses"][0], "loss_last": res["losses"][-1], "before": before, "after": after,
-            "model_dir": res["model_dir"]}  # fmt: skip
+    print(
+        f"\npretraining: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; train image->text R@5 "
+        f"{before['i2t_R@5']:.2f} -> {after['i2t_R@5']:.2f} (chance {after['chance_R@5']:.2f})"
+    )
+    return {
+        "loss_first": res["losses"][0],
+        "loss_last": res["losses"][-1],
+        "before": before,
+        "after": after,
+        "model_dir": res["model_dir"],
+    }
 
 
 def probe(run: RunDir, table: Path, model_dir: str) -> dict:
     """Stage 7: linear probe of the pretrained tiny model vs its random init at 1 / 10 / 100 % (prints the table)."""
     log.info("7/9 linear probe: pretrained vs random init")
-    metrics = run_command("probe", ["--config", config_file(STAGE_CONFIGS["probe"]), f"data.table={table}",
-                                    f"encoders.mvmlm.checkpoint={model_dir}", f"out={run.file('probe')}",
-                                    f"embed.cache={run.file('embeddings')}"])  # fmt: skip
+    metrics = run_command(
+        "probe",
+        [
+            "--config",
+            config_file(STAGE_CONFIGS["probe"]),
+            f"data.table={table}",
+            f"encoders.mvmlm.checkpoint={model_dir}",
+            f"out={run.file('probe')}",
+            f"embed.cache={run.file('embeddings')}",
+        ],
+    )
     return {"run": str(run.file("probe")), "summary": metrics["summary"]}
 
 
 def multiview(cfg: DemoConfig, run: RunDir, table: Path) -> dict:
     """Stage 8: a tiny four-view classifier (BI-RADS 4-5 stands in for malignancy: VinDr has no pathology)."""
     log.info("8/9 four-view classifier")
-    module = importlib.import_module(COMMANDS["multiview"][0])
-    results = module.main(["--config", config_file(STAGE_CONFIGS["multiview"]), f"data.table={table}",
-                           "data.label_from=birads_4_5", f"data.image_size=[{cfg.height},{cfg.width}]",
-                           f"out={run.file('multiview')}"])  # fmt: skip
-    print("\n" + "\n".join(module.summary_lines(results)))
+    results = run_command(
+        "multiview",
+        [
+            "--config",
+            config_file(STAGE_CONFIGS["multiview"]),
+            f"data.table={table}",
+            "data.label_from=birads_4_5",
+            f"data.image_size=[{cfg.height},{cfg.width}]",
+            f"out={run.file('multiview')}",
+        ],
+    )
+    print("\n" + "\n".join(results["summary_lines"]))
     return {"run": str(run.file("multiview")), "best_epoch": results["best_epoch"]}
 
 
@@ -190,14 +242,21 @@ def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str)
     """Stage 9: risk prediction on synthetic EMBED-format exams (VinDr has no follow-up), pretrained embeddings."""
     log.info("9/9 risk prediction on %d synthetic EMBED-format exams", cfg.risk_exams)
     root = run.file("data_embed")
-    write_synthetic("embed", root, exams=cfg.risk_exams, seed=cfg.seed, height=cfg.source_height,
-                    width=cfg.source_width)  # fmt: skip
+    write_synthetic(
+        "embed", root, exams=cfg.risk_exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width
+    )
     table = read_source("embed", str(root), seed=cfg.seed)
     preprocess_table(table, root, run.file("cache_embed"), params, workers=cfg.workers)
     print("\nrisk prediction on synthetic EMBED follow-up (test split, patient-bootstrap 95 % CIs):")
-    result = run_command("risk", [
-        "--config", config_file(STAGE_CONFIGS["risk"]), f"out={run.file('risk')}",
-        f"data.table={cache_folder(run.file('cache_embed'), params) / TABLE_FILE}",
-        "encoder.source=mvclip", f"encoder.checkpoint={model_dir}",
-    ])  # fmt: skip
+    result = run_command(
+        "risk",
+        [
+            "--config",
+            config_file(STAGE_CONFIGS["risk"]),
+            f"out={run.file('risk')}",
+            f"data.table={cache_folder(run.file('cache_embed'), params) / TABLE_FILE}",
+            "encoder.source=mvclip",
+            f"encoder.checkpoint={model_dir}",
+        ],
+    )
     return {"run": str(run.file("risk")), "models": result["models"]}

@@ -30,9 +30,18 @@ from mvmlm.metrics import auc, balanced_accuracy, bootstrap_ci, f1_macro
 from mvmlm.rundir import RunDir
 
 __all__ = [
-    "METRICS", "predict_classes", "score_predictions", "summarize", "markdown_table", "write_results",
-    "validation_score", "Evaluation", "report", "pivot_markdown", "slug",
-]  # fmt: skip
+    "METRICS",
+    "predict_classes",
+    "score_predictions",
+    "summarize",
+    "markdown_table",
+    "write_results",
+    "validation_score",
+    "Evaluation",
+    "report",
+    "pivot_markdown",
+    "slug",
+]
 
 #: metric name -> (function of (y_true, scores, y_pred), display name)
 METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray, np.ndarray], float], str]] = {

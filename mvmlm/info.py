@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
 from dataclasses import dataclass
 
-from mvmlm.config import load_config
 from mvmlm.rundir import git_commit, package_versions
 
 __all__ = ["environment_report", "main"]
@@ -57,8 +55,9 @@ class InfoConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     """Print the environment report."""
-    parser = argparse.ArgumentParser(prog="mvmlm info", description=__doc__)
-    cfg = load_config(InfoConfig, argv, parser=parser)
+    from mvmlm.commands import INFO
+
+    cfg = INFO.parse(argv)
     report = environment_report()
     if cfg.json:
         print(json.dumps(report, indent=2))

@@ -137,5 +137,8 @@ class MultiViewClipLoss(nn.Module):
             image_image = self.pair(z_cc, z_mlo, logit_scale, cc_present.bool() & mlo_present.bool())
         else:
             image_image = torch.zeros((), device=z_cc.device)
-        return {"loss": image_text + self.image_image_weight * image_image, "image_text": image_text,
-                "image_image": image_image}  # fmt: skip
+        return {
+            "loss": image_text + self.image_image_weight * image_image,
+            "image_text": image_text,
+            "image_image": image_image,
+        }

@@ -14,9 +14,16 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 __all__ = [
-    "auc", "f1_macro", "balanced_accuracy", "classification_metrics", "bootstrap_ci", "retrieval_recall",
-    "harrell_c", "uno_c", "time_dependent_auc",
-]  # fmt: skip
+    "auc",
+    "f1_macro",
+    "balanced_accuracy",
+    "classification_metrics",
+    "bootstrap_ci",
+    "retrieval_recall",
+    "harrell_c",
+    "uno_c",
+    "time_dependent_auc",
+]
 
 
 def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -94,8 +101,9 @@ def bootstrap_ci(
     return float(estimate), float(low), float(high)
 
 
-def retrieval_recall(query: torch.Tensor, keys: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
-                     positives: torch.Tensor | None = None) -> dict[str, float]:  # fmt: skip
+def retrieval_recall(
+    query: torch.Tensor, keys: torch.Tensor, ks: Sequence[int] = (1, 5, 10), positives: torch.Tensor | None = None
+) -> dict[str, float]:
     """Recall@k of retrieving ``keys[i]`` for ``query[i]`` by cosine similarity.
 
     Args:
@@ -124,16 +132,21 @@ def harrell_c(event: np.ndarray, time: np.ndarray, risk: np.ndarray) -> float:
     return float(concordance_index_censored(np.asarray(event, bool), np.asarray(time, float), np.asarray(risk))[0])
 
 
-def uno_c(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], risk: np.ndarray,
-          tau: float | None = None) -> float:  # fmt: skip
+def uno_c(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    risk: np.ndarray,
+    tau: float | None = None,
+) -> float:
     """Uno's IPCW concordance; ``train``/``test`` are (event, time) pairs; censoring estimated on ``train``."""
     from sksurv.metrics import concordance_index_ipcw
 
     return float(concordance_index_ipcw(_surv(*train), _surv(*test), np.asarray(risk), tau=tau)[0])
 
 
-def time_dependent_auc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                       risk: np.ndarray, times: Sequence[float]) -> dict[float, float]:  # fmt: skip
+def time_dependent_auc(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], risk: np.ndarray, times: Sequence[float]
+) -> dict[float, float]:
     """Cumulative/dynamic AUC at ``times`` (IPCW, scikit-survival); ``risk`` (n,) or (n, len(times))."""
     from sksurv.metrics import cumulative_dynamic_auc
 

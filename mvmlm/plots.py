@@ -74,8 +74,13 @@ def plot_roc(path: str | Path, series: Series, class_names: Sequence[str], title
             fpr, tpr, _ = roc_curve(positive, score)
             ax.plot(fpr, tpr, label=f"{name}: AUC {roc_auc_score(positive, score):.3f}")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
-               title=class_names[k] if n_classes > 2 else class_names[1])  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title=class_names[k] if n_classes > 2 else class_names[1],
+        )
         ax.legend(loc="lower right", fontsize="small")
     if title:
         fig.suptitle(title)
@@ -98,8 +103,9 @@ def plot_confusion(
         ax.imshow(shares if normalize else counts, cmap="Blues", vmin=0, vmax=1 if normalize else None)
         for (i, j), count in np.ndenumerate(counts):
             text = f"{count}\n{shares[i, j]:.0%}" if normalize else f"{count}"
-            ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                    color="white" if shares[i, j] > 0.5 else "black")  # fmt: skip
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize="small", color="white" if shares[i, j] > 0.5 else "black"
+            )
         ax.set_xticks(labels, class_names, rotation=45, ha="right")
         ax.set_yticks(labels, class_names)
         ax.set(xlabel="predicted", ylabel="true", title=name)

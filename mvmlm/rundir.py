@@ -14,15 +14,37 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mvmlm.config import config_to_yaml
+from mvmlm.config import ConfigError, config_to_yaml
 
-__all__ = ["RunDir", "git_commit", "package_versions"]
+__all__ = ["RunDir", "TRAINING_STATE", "git_commit", "package_versions"]
+
+#: what a trainer leaves in its run directory; a new run (resume none) into a folder holding one is refused
+TRAINING_STATE = ("checkpoints", "units", "finished", "train_log.jsonl")
 
 TRACKED_PACKAGES = (
-    "mvmlm", "torch", "torchvision", "timm", "open_clip_torch", "transformers", "tokenizers", "accelerate",
-    "datasets", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pyjpegls", "numpy", "pandas",
-    "pyarrow", "scikit-learn", "scikit-survival", "omegaconf", "mamba-ssm", "vllm",
-)  # fmt: skip
+    "mvmlm",
+    "torch",
+    "torchvision",
+    "timm",
+    "open_clip_torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "datasets",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-libjpeg",
+    "pyjpegls",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "scikit-survival",
+    "omegaconf",
+    "mamba-ssm",
+    "vllm",
+)
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
@@ -44,9 +66,13 @@ def git_commit(path: str | Path | None = None) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}+dirty" if dirty else head
@@ -59,12 +85,23 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls, out: str | Path, cfg: Any, *, main_process: bool = True) -> RunDir:
+    def create(cls, out: str | Path, cfg: Any, *, main_process: bool = True, resume: str | None = None) -> RunDir:
         """Create (or reuse) ``out`` and record the resolved config and provenance in it.
 
         Only the main process writes; other processes of a distributed run get the same object.
+
+        Args:
+            resume: a trainer's ``train.resume``: with ``none``, a folder that already holds a run's training
+                state is refused (nothing is written), so a rerun never destroys an earlier run.
         """
         run = cls(Path(out))
+        if resume in ("", "none"):
+            held = [name for name in TRAINING_STATE if run.file(name).exists()]
+            if held:
+                raise ConfigError(
+                    f"{run.path} already holds a training run ({', '.join(held)}); continue it with "
+                    "train.resume=latest (--resume latest) or choose another out folder"
+                )
         if main_process:
             run.path.mkdir(parents=True, exist_ok=True)
             run.write_text("config.yaml", config_to_yaml(cfg))
@@ -101,15 +138,15 @@ class RunDir:
         return self.write_json("metrics.json", metrics)
 
     def attach_log(self, level: int = logging.INFO) -> None:
-        """Send the toolkit's log records to ``log.txt`` here; a previous run directory's log file is detached."""
+        """Send log records (of every package, at ``level`` and above) to ``log.txt`` here; a previous run
+        directory's log file is detached."""
         handler = logging.FileHandler(self.file("log.txt"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
         handler._mvmlm_run_log = True  # type: ignore[attr-defined]
-        for name in ("mvmlm", "report_synthesis", "pretrain", "downstream"):
-            logger = logging.getLogger(name)
-            for old in [h for h in logger.handlers if getattr(h, "_mvmlm_run_log", False)]:
-                logger.removeHandler(old)
-                old.close()
-            logger.setLevel(min(logger.level or level, level))
-            logger.addHandler(handler)
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if getattr(h, "_mvmlm_run_log", False)]:
+            root.removeHandler(old)
+            old.close()
+        root.setLevel(min(root.level, level))
+        root.addHandler(handler)

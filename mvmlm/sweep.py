@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from mvmlm.rundir import RunDir
 
-__all__ = ["FINISHED_DIR", "file_digest", "settings_key", "FinishedRuns"]
+__all__ = ["FINISHED_DIR", "UNIT_SETTINGS", "file_digest", "settings_key", "claim_unit", "FinishedRuns"]
 
 log = logging.getLogger(__name__)
 
 FINISHED_DIR = "finished"
+UNIT_SETTINGS = "settings.json"  # in a unit's folder: the key of the settings its training state was written with
 
 
 def file_digest(path: str | Path) -> str:
@@ -34,6 +36,25 @@ def file_digest(path: str | Path) -> str:
 def settings_key(settings: dict[str, Any]) -> str:
     """A short stable hash of ``settings`` (JSON with sorted keys; other objects by their ``str``)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_unit(workdir: str | Path, settings: dict[str, Any], *, main_process: bool = True) -> bool:
+    """Make ``workdir`` the folder of a unit trained with ``settings`` (call before its Engine is built): a folder
+    left by a unit trained with other settings (or before settings were recorded) is removed, so its training state
+    is never continued; then the settings' key is recorded there.
+
+    Returns:
+        Whether ``workdir`` already held this unit with the same settings (its state may be continued).
+    """
+    workdir = Path(workdir)
+    stamp, key = workdir / UNIT_SETTINGS, settings_key(settings)
+    same = stamp.is_file() and json.loads(stamp.read_text())["key"] == key
+    if main_process and not same:
+        if workdir.exists():
+            log.warning("%s was trained with other settings; training it again", workdir)
+            shutil.rmtree(workdir)
+        RunDir(workdir).write_json(UNIT_SETTINGS, {"key": key, "settings": settings})
+    return same
 
 
 class FinishedRuns:

@@ -2,8 +2,6 @@
 
 import sys
 
-from mvmlm.cli import run_command
-from pretrain.train import main
+from mvmlm.cli import module_main
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+sys.exit(module_main("pretrain"))

@@ -28,9 +28,7 @@ from mvmlm.data.transforms import AugmentConfig, RandomAffine
 from mvmlm.losses import text_group_ids
 from mvmlm.models.text_encoders import TextFeatureCache
 
-__all__ = [
-    "read_reports", "load_breasts", "derive_seed", "EpochSampler", "PretrainDataset", "Collate", "make_loader",
-]  # fmt: skip
+__all__ = ["read_reports", "load_breasts", "derive_seed", "EpochSampler", "PretrainDataset", "Collate", "make_loader"]
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +63,16 @@ def load_breasts(table: str | Path, split: str, reports: dict[str, list[str]]) -
     """
     breasts = build_breasts(read_cached_table(table))
     breasts = breasts[breasts["split"] == split].reset_index(drop=True)
-    breasts["breast_id"] = [
-        "/".join(map(str, key))
-        for key in zip(breasts.dataset, breasts.patient_id, breasts.exam_id, breasts.laterality, strict=True)
-    ]
     has_report = breasts["breast_id"].isin(reports)
     if (~has_report).any():
-        log.warning("%s split %r: %d of %d breasts have no report in the corpus and are left out (e.g. %s)",
-                    table, split, int((~has_report).sum()), len(breasts),
-                    breasts.loc[~has_report, "breast_id"].iloc[0])  # fmt: skip
+        log.warning(
+            "%s split %r: %d of %d breasts have no report in the corpus and are left out (e.g. %s)",
+            table,
+            split,
+            int((~has_report).sum()),
+            len(breasts),
+            breasts.loc[~has_report, "breast_id"].iloc[0],
+        )
     breasts = breasts[has_report].reset_index(drop=True)
     breasts["reports"] = [reports[b] for b in breasts["breast_id"]]
     return breasts
@@ -155,10 +154,15 @@ class Collate:
         masks = torch.stack([item["mask"] for item in items])
         texts = [item["text"] for item in items]
         batch = {
-            "cc": images[:, 0], "mlo": images[:, 1], "cc_present": masks[:, 0], "mlo_present": masks[:, 1],
-            "texts": texts, "text_ids": text_group_ids(texts), "ids": [item["id"] for item in items],
+            "cc": images[:, 0],
+            "mlo": images[:, 1],
+            "cc_present": masks[:, 0],
+            "mlo_present": masks[:, 1],
+            "texts": texts,
+            "text_ids": text_group_ids(texts),
+            "ids": [item["id"] for item in items],
             "index": torch.tensor([item["index"] for item in items]),
-        }  # fmt: skip
+        }
         if self.text_cache is not None:
             batch["text_hidden"], batch["text_mask"] = self.text_cache(texts)
         return batch
@@ -172,14 +176,20 @@ def make_loader(
     seed: int,
     num_workers: int,
     text_cache: TextFeatureCache | None,
-) -> tuple[DataLoader, EpochSampler]:
-    """A loader (shuffled + ``drop_last`` for training, in order for evaluation) and its sampler."""
-    sampler = EpochSampler(len(dataset), seed, shuffle=train)
+) -> DataLoader:
+    """A loader, shuffled by an :class:`EpochSampler` (the engine sets its epoch) with ``drop_last`` for training,
+    in order for evaluation."""
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=num_workers,
-        collate_fn=Collate(text_cache), generator=torch.Generator().manual_seed(seed),
-        persistent_workers=False, pin_memory=torch.cuda.is_available(),
-    )  # fmt: skip
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed, shuffle=train),
+        drop_last=train,
+        num_workers=num_workers,
+        collate_fn=Collate(text_cache),
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
     if train and len(loader) == 0:
         raise ValueError(f"{len(dataset)} training breasts are fewer than one batch of {batch_size}")
-    return loader, sampler
+    return loader

@@ -8,6 +8,8 @@ right answers into misses; ``chance_R@k`` is what a random ranking scores under 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from mvmlm.metrics import retrieval_recall
 from mvmlm.models.text_encoders import FrozenTextEncoder
 from pretrain.step import forward_features
 
-__all__ = ["embed_breasts", "chance_recall", "retrieval_metrics", "chunked_loss", "evaluate"]
+__all__ = ["embed_breasts", "chance_recall", "retrieval_metrics", "chunked_loss", "evaluate", "Evaluator"]
 
 
 @torch.no_grad()
@@ -37,10 +39,13 @@ def embed_breasts(
     for batch in loader:
         features = forward_features(model, batch, text_encoder)
         local = {
-            "cc": features.cc.float(), "mlo": features.mlo.float(), "text": features.text.float(),
-            "cc_present": batch["cc_present"].long(), "mlo_present": batch["mlo_present"].long(),
+            "cc": features.cc.float(),
+            "mlo": features.mlo.float(),
+            "text": features.text.float(),
+            "cc_present": batch["cc_present"].long(),
+            "mlo_present": batch["mlo_present"].long(),
             "text_ids": batch["text_ids"].to(features.cc.device),
-        }  # fmt: skip
+        }
         for key, value in accelerator.gather_for_metrics(local).items():
             parts.setdefault(key, []).append(value.cpu())
         scale = features.scale.detach().float().cpu()
@@ -77,8 +82,15 @@ def chunked_loss(emb: dict[str, Tensor], loss_fn: MultiViewClipLoss, chunk: int)
     total, count = 0.0, 0
     for start in range(0, len(emb["text"]), chunk):
         part = slice(start, start + chunk)
-        out = loss_fn(emb["cc"][part], emb["mlo"][part], emb["text"][part], emb["scale"],
-                      emb["cc_present"][part], emb["mlo_present"][part], emb["text_ids"][part])  # fmt: skip
+        out = loss_fn(
+            emb["cc"][part],
+            emb["mlo"][part],
+            emb["text"][part],
+            emb["scale"],
+            emb["cc_present"][part],
+            emb["mlo_present"][part],
+            emb["text_ids"][part],
+        )
         size = len(emb["text"][part])
         total, count = total + float(out["loss"]) * size, count + size
     return total / count
@@ -96,3 +108,38 @@ def evaluate(
     """``loss`` and retrieval recall of the breasts of ``loader`` (every process gets the same numbers)."""
     emb = embed_breasts(accelerator, model, loader, text_encoder)
     return {"loss": chunked_loss(emb, loss_fn, chunk), **retrieval_metrics(emb, ks), "breasts": len(emb["text"])}
+
+
+@dataclass
+class Evaluator:
+    """Loss and retrieval of the current weights on prepared evaluation loaders (``val`` and ``train``, a subset).
+
+    Called with a model it is the engine's periodic validation (``val/loss``, ``val/i2t_R@1``, ...).
+
+    Attributes:
+        accelerator: the engine's (for the gathers and mixed precision).
+        loaders: split name -> loader prepared with ``engine.prepare`` (each process embeds its share).
+        loss_fn: a single-process MV-CLIP loss.
+        chunk: breasts per loss chunk: the global training batch, so the loss compares with the training loss.
+        ks: the k of recall@k.
+        text_encoder: the frozen encoder for batches without cached text features.
+    """
+
+    accelerator: Any
+    loaders: dict[str, DataLoader]
+    loss_fn: MultiViewClipLoss
+    chunk: int
+    ks: list[int]
+    text_encoder: FrozenTextEncoder | None = None
+
+    def splits(self, model: nn.Module, names: tuple[str, ...] = ("val", "train")) -> dict[str, dict[str, float]]:
+        """``{split: {"loss", "i2t_R@1", ...}}`` for the ``names`` this evaluator has loaders for."""
+        acc, found = self.accelerator, [name for name in names if name in self.loaders]
+        with acc.autocast():
+            return {
+                n: evaluate(acc, model, self.loaders[n], self.loss_fn, self.chunk, self.ks, self.text_encoder)
+                for n in found
+            }
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return {f"val/{key}": value for key, value in self.splits(model, ("val",)).get("val", {}).items()}

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from mvmlm.losses import MultiViewClipLoss
 from mvmlm.models.text_encoders import FrozenTextEncoder
-from mvmlm.training import average_gradients, check_finite
+from mvmlm.training import Engine, average_gradients, check_finite
 
-__all__ = ["Features", "forward_features", "contrastive_backward"]
+__all__ = ["Features", "forward_features", "contrastive_backward", "ContrastiveStep"]
 
 
 @dataclass
@@ -110,3 +110,20 @@ def contrastive_backward(
         values = accelerator.reduce(values, "mean")
     loss, image_text, image_image = values.tolist()
     return {"loss": loss, "image_text": image_text, "image_image": image_image}
+
+
+@dataclass
+class ContrastiveStep:
+    """:func:`contrastive_backward` as the engine's ``backward=``: ``step(engine, model, micro_batches, step_number)``
+    with the prepared (e.g. DDP-wrapped) model.
+
+    Attributes:
+        loss_fn: the distributed MV-CLIP loss (rank and world size of the engine's processes).
+        text_encoder: the frozen encoder for batches without cached text features.
+    """
+
+    loss_fn: MultiViewClipLoss
+    text_encoder: FrozenTextEncoder | None = None
+
+    def __call__(self, engine: Engine, model: nn.Module, micro_batches: list[dict], step: int) -> dict[str, float]:
+        return contrastive_backward(engine.accelerator, model, self.loss_fn, micro_batches, step, self.text_encoder)

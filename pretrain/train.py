@@ -1,19 +1,19 @@
-"""MV-MLM pretraining with Accelerate: ``python -m pretrain --config configs/pretrain/mvclip_resnet34.yaml``,
-``accelerate launch -m pretrain --config ...`` or ``mvmlm pretrain --config ...``.
+"""MV-MLM pretraining on the one engine: ``mvmlm pretrain --config configs/pretrain/mvclip_resnet34.yaml``,
+``python -m pretrain ...`` or ``accelerate launch -m pretrain ...``.
 
-Per optimizer step every process takes ``train.accum_steps`` micro-batches of ``data.batch_size`` breasts; the
-contrastive negatives are all breasts of all processes and micro-batches (:mod:`pretrain.step`). The run
-directory ``out`` holds ``config.yaml``, ``provenance.json``, ``log.txt``, ``train_log.jsonl`` (one line per
-step), ``metrics.json`` (validation history, retrieval before/after), ``tensorboard/``, ``checkpoints/step_*``
-(full training state, the newest ``train.keep_checkpoints``) and ``model/`` (``model.safetensors`` +
-``config.yaml``, loadable with ``MVCLIP.load`` / ``load_image_tower``). ``resume=latest`` continues from the
-newest checkpoint at the same place inside the epoch, with the same following batches and losses.
+The model is an MV-CLIP, the step is the contrastive accumulation of :mod:`pretrain.step` (negatives are all breasts
+of all processes and micro-batches of an optimizer step), the evaluation is image<->report retrieval
+(:mod:`pretrain.evaluate`); :class:`mvmlm.training.Engine` does the rest. The run directory ``out`` holds
+``config.yaml``, ``provenance.json``, ``log.txt``, ``train_log.jsonl`` (one line per step), ``val_log.jsonl`` (one
+line per validation), ``metrics.json`` (what :func:`main` returns: losses, validations, retrieval before and after
+training), ``tracking/`` (trackers), ``checkpoints/step_*`` (full training state, the newest
+``train.keep_checkpoints``) and ``model/`` (``model.safetensors`` + ``config.yaml``, loadable with ``MVCLIP.load``
+/ ``load_image_tower``). ``train.resume=latest`` continues from the newest checkpoint at the same place inside the
+epoch, with the same following batches and losses.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -21,35 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from mvmlm.config import config_to_dict, load_config
+from mvmlm.config import config_to_dict
 from mvmlm.losses import MultiViewClipLoss
 from mvmlm.models.mvclip import MVCLIP
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
-from mvmlm.training import (
-    TrainState,
-    flat_hparams,
-    param_groups,
-    resolve_resume,
-    save_checkpoint,
-    tracker_name,
-    warmup_cosine_schedule,
-)
+from mvmlm.training import Engine, FitResult
 from pretrain.config import PretrainConfig
-from pretrain.data import EpochSampler, PretrainDataset, load_breasts, make_loader, read_reports
-from pretrain.evaluate import evaluate
-from pretrain.step import contrastive_backward
+from pretrain.data import PretrainDataset, load_breasts, make_loader, read_reports
+from pretrain.evaluate import Evaluator
+from pretrain.step import ContrastiveStep
 
-__all__ = ["DeviceTextEncoder", "Session", "build_session", "train", "main"]
+__all__ = ["DeviceTextEncoder", "Pretraining", "global_batch", "setup", "clamp_logit_scale", "pretrain", "main"]
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "train_log.jsonl"
+MODEL_DIR = "model"
 
 
 class DeviceTextEncoder(FrozenTextEncoder):
@@ -66,216 +56,145 @@ class DeviceTextEncoder(FrozenTextEncoder):
 
 
 @dataclass
-class Session:
-    """Everything a training run works with, after ``accelerator.prepare``."""
+class Pretraining:
+    """What :meth:`Engine.fit` gets for a pretraining run, built by :func:`setup`."""
 
-    cfg: PretrainConfig
-    accelerator: Accelerator
-    run: RunDir
-    model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
-    core: MVCLIP  # the bare model
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    state: TrainState
-    train_set: PretrainDataset
-    train_sampler: EpochSampler
-    train_loader: DataLoader
-    eval_loaders: dict[str, DataLoader]
-    loss_fn: MultiViewClipLoss
-    text_encoder: FrozenTextEncoder | None  # live text encoding (None: features come from the cache)
-    steps_per_epoch: int
-    total_steps: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.data.batch_size * self.cfg.train.accum_steps * self.accelerator.num_processes
+    model: MVCLIP  # bare; the engine prepares it
+    train_loader: DataLoader  # not prepared; the engine prepares it
+    train_breasts: int
+    step: ContrastiveStep  # the engine's backward
+    evaluator: Evaluator  # retrieval on the prepared evaluation loaders
 
 
-def _text_cache(cfg: PretrainConfig, accelerator: Accelerator, model: MVCLIP, texts: list[str]) -> TextFeatureCache:
+def _text_cache(cfg: PretrainConfig, engine: Engine, model: MVCLIP, texts: list[str]) -> TextFeatureCache:
     """Open the text feature cache and encode the reports it lacks (main process first, the others then read)."""
     root = Path(cfg.data.text_cache or Path(cfg.out) / "text_cache")
-    with accelerator.main_process_first():
+    with engine.accelerator.main_process_first():
         cache = TextFeatureCache(root, model.text_encoder)
         encoded = cache.ensure(texts)
-    if accelerator.is_main_process:
+    if engine.is_main_process:
         log.info("text cache %s: %d unique reports, %d encoded now", cache.directory, len(set(texts)), encoded)
     return cache
 
 
-def build_session(cfg: PretrainConfig, accelerator: Accelerator, run: RunDir) -> Session:
-    """Data, model, optimizer, schedule and loss, prepared by ``accelerator``; restores a checkpoint if asked."""
-    d, t = cfg.data, cfg.train
-    set_seed(t.seed)
+def global_batch(cfg: PretrainConfig, engine: Engine) -> int:
+    """Breasts per optimizer step over all processes and micro-batches (the contrastive negatives)."""
+    return cfg.data.batch_size * cfg.train.accum_steps * engine.accelerator.num_processes
+
+
+def setup(cfg: PretrainConfig, engine: Engine) -> Pretraining:
+    """Breasts and reports of the table's train and val splits, the MV-CLIP, its step and its evaluator."""
+    d, acc = cfg.data, engine.accelerator
     reports = read_reports(d.corpus)
     train_rows = load_breasts(d.table, d.train_split, reports)
     val_rows = load_breasts(d.table, d.val_split, reports)
-    train_set = PretrainDataset(train_rows, t.seed, train=True, augment=d.augment_params if d.augment else None)
-    eval_sets = {"val": PretrainDataset(val_rows, t.seed, train=False)} if len(val_rows) else {}
+    seed = cfg.train.seed
+    train_set = PretrainDataset(train_rows, seed, train=True, augment=d.augment if d.augment.enabled else None)
+    eval_sets = {"val": PretrainDataset(val_rows, seed, train=False)} if len(val_rows) else {}
     if not len(val_rows):
         log.warning("no breasts in split %r of %s: validation is skipped", d.val_split, d.table)
     if cfg.eval.train_subset:
-        eval_sets["train"] = PretrainDataset(train_rows.head(cfg.eval.train_subset), t.seed, train=False)
+        eval_sets["train"] = PretrainDataset(train_rows.head(cfg.eval.train_subset), seed, train=False)
 
     text = cfg.model.text
-    encoder = DeviceTextEncoder(text.model, text.revision, text.max_length, text.dtype, device=accelerator.device)
-    core = MVCLIP(cfg.model, text_encoder=encoder)
-    if t.grad_checkpointing:
-        core.set_grad_checkpointing(True)
+    encoder = DeviceTextEncoder(text.model, text.revision, text.max_length, text.dtype, device=engine.device)
+    model = MVCLIP(cfg.model, text_encoder=encoder)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     texts = sorted({x for ds in (train_set, *eval_sets.values()) for x in ds.texts()})
-    cache = _text_cache(cfg, accelerator, core, texts) if d.cached_text else None
+    cache = _text_cache(cfg, engine, model, texts) if d.cached_text else None
+    live_text = None if d.cached_text else encoder
 
-    loader_args = dict(seed=t.seed, num_workers=d.num_workers, text_cache=cache)
-    train_loader, train_sampler = make_loader(train_set, d.batch_size, train=True, **loader_args)
-    eval_loaders = {k: make_loader(ds, cfg.eval.batch_size or d.batch_size, train=False, **loader_args)[0]
-                    for k, ds in eval_sets.items()}  # fmt: skip
-    optimizer = torch.optim.AdamW(param_groups(core, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)  # fmt: skip
-    model, optimizer, train_loader, *prepared = accelerator.prepare(
-        core, optimizer, train_loader, *eval_loaders.values()
+    loader_args = {"seed": seed, "num_workers": d.num_workers, "text_cache": cache}
+    train_loader = make_loader(train_set, d.batch_size, train=True, **loader_args)
+    eval_batch = d.eval_batch_size or d.batch_size
+    eval_loaders = {
+        name: engine.prepare(make_loader(ds, eval_batch, train=False, **loader_args)) for name, ds in eval_sets.items()
+    }
+    loss_args = (cfg.loss.image_image_weight, cfg.loss.multi_positive)
+    step = ContrastiveStep(MultiViewClipLoss(*loss_args, acc.process_index, acc.num_processes), live_text)
+    evaluator = Evaluator(
+        acc,
+        eval_loaders,
+        MultiViewClipLoss(*loss_args),
+        chunk=global_batch(cfg, engine),
+        ks=list(cfg.eval.ks),
+        text_encoder=live_text,
     )
-    steps_per_epoch = len(train_loader) // t.accum_steps
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(train_loader)} batches per process per epoch are fewer than accum_steps={t.accum_steps}"
-        )
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
-    # Not prepared: stepped by hand once per optimizer step (a prepared one steps num_processes times).
-    scheduler = warmup_cosine_schedule(optimizer.optimizer, cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
-    layout = {"num_processes": accelerator.num_processes, "batch_size": d.batch_size, "accum_steps": t.accum_steps,
-              "train_breasts": len(train_set)}  # fmt: skip
-    state = TrainState(layout=layout)
-    accelerator.register_for_checkpointing(scheduler, state)
-    session = Session(
-        cfg, accelerator, run, model, core, optimizer, scheduler, state, train_set, train_sampler, train_loader,
-        dict(zip(eval_loaders, prepared, strict=True)),
-        MultiViewClipLoss(t.image_image_weight, t.multi_positive, accelerator.process_index, accelerator.num_processes),
-        None if d.cached_text else encoder, steps_per_epoch, total_steps,
-    )  # fmt: skip
-    checkpoint = resolve_resume(cfg.resume, run.file("checkpoints"))
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        log.info("resumed from %s at step %d", checkpoint, state.step)
-        if accelerator.is_main_process:
-            _truncate_log(run.file(LOG_FILE), state.step)
-    return session
+    return Pretraining(model, train_loader, len(train_set), step, evaluator)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the per-step records after ``step`` (written by a run killed after its last checkpoint)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(f"{line}\n" for line in lines))
+def clamp_logit_scale(model: nn.Module, record: dict) -> None:
+    """After each optimizer step, as CLIP: the temperature may not go below ``1 / logit_scale_max``."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(model.config.logit_scale_max))
+    record["logit_scale"] = float(model.logit_scale.detach().exp())
 
 
-def _optimizer_step(s: Session, micro_batches: list[dict]) -> dict[str, float]:
-    step = s.state.step + 1  # the step being computed, numbered as in train_log.jsonl
-    record = contrastive_backward(s.accelerator, s.model, s.loss_fn, micro_batches, step, s.text_encoder)
-    if s.cfg.optim.grad_clip > 0:
-        record["grad_norm"] = float(s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.optim.grad_clip))
-    s.optimizer.step()
-    s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():  # as CLIP: the temperature may not go below 1 / logit_scale_max
-        s.core.logit_scale.clamp_(0.0, math.log(s.cfg.model.logit_scale_max))
-    record["lr"] = s.scheduler.get_last_lr()[0]
-    record["logit_scale"] = float(s.core.logit_scale.detach().exp())
-    return record
-
-
-def _evaluate_all(s: Session, names: tuple[str, ...] = ("val", "train")) -> dict[str, dict[str, float]]:
-    chunk = s.global_batch
-    single = MultiViewClipLoss(s.cfg.train.image_image_weight, s.cfg.train.multi_positive)
-    return {name: evaluate(s.accelerator, s.model, s.eval_loaders[name], single, chunk, s.cfg.eval.ks, s.text_encoder)
-            for name in names if name in s.eval_loaders}  # fmt: skip
-
-
-def _log_eval(s: Session, step: int, results: dict[str, dict[str, float]]) -> None:
-    s.accelerator.log({f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}, step=step)
+def _log_eval(engine: Engine, step: int, when: str, results: dict[str, dict[str, float]]) -> None:
+    names = {"val": "val", "train": "train_subset"}  # train/* in the trackers are the training steps' values
+    engine.accelerator.log(
+        {f"{names[split]}/{k}": v for split, values in results.items() for k, v in values.items()}, step=step
+    )
     for split, values in results.items():
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k == "loss" or k.endswith(("R@1", "R@5")))
-        log.info("step %d %s: %s", step, split, shown)
+        log.info("%s training, step %d, %s: %s", when, step, split, shown)
 
 
-def train(s: Session) -> dict:
-    """Run optimizer steps up to ``total_steps``; returns the losses of this invocation and the evaluations."""
-    acc, cfg, k = s.accelerator, s.cfg, s.cfg.train.accum_steps
-    main_process = acc.is_main_process
-    results: dict = {"resumed_from_step": s.state.step, "global_batch": s.global_batch, "steps": s.total_steps,
-                     "steps_per_epoch": s.steps_per_epoch, "losses": [], "val_history": []}  # fmt: skip
-    if s.state.step == 0:
-        results["before"] = _evaluate_all(s)
-        _log_eval(s, 0, results["before"])
-    bar = tqdm(total=s.total_steps, initial=s.state.step, desc="pretrain", disable=not acc.is_local_main_process)
-    log_file = s.run.file(LOG_FILE).open("a") if main_process else None
-    try:  # close the bar and the log also when a step raises (NaN guard), so nothing prints after the run
-        while s.state.step < s.total_steps:
-            epoch, done = divmod(s.state.step, s.steps_per_epoch)
-            for obj in (s.train_set, s.train_sampler, s.train_loader):
-                obj.set_epoch(epoch)
-            loader = acc.skip_first_batches(s.train_loader, done * k) if done else s.train_loader
-            batches = iter(loader)
-            for _ in range(done, s.steps_per_epoch):
-                record = _optimizer_step(s, [next(batches) for _ in range(k)])
-                s.state.step += 1
-                step = s.state.step
-                record = {"step": step, "epoch": epoch, **record}
-                results["losses"].append(record["loss"])
-                if log_file is not None:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                if step % cfg.train.log_every == 0 or step == s.total_steps:
-                    acc.log({f"train/{key}": v for key, v in record.items() if key not in ("step", "epoch")}, step=step)
-                bar.update()
-                bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
-                if step >= s.total_steps:
-                    break
-                if cfg.eval.every and step % cfg.eval.every == 0:
-                    values = _evaluate_all(s, ("val",))
-                    results["val_history"].append({"step": step, **values.get("val", {})})
-                    _log_eval(s, step, values)
-                if cfg.train.save_every and step % cfg.train.save_every == 0:
-                    save_checkpoint(acc, s.run.file("checkpoints"), step, cfg.train.keep_checkpoints)
-            else:
-                for _ in batches:  # the < accum_steps left-over batches: finish the pass so Accelerate closes it
-                    pass
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-    save_checkpoint(acc, s.run.file("checkpoints"), s.state.step, cfg.train.keep_checkpoints)
-    results["after"] = _evaluate_all(s)
-    _log_eval(s, s.state.step, results["after"])
-    acc.wait_for_everyone()
-    if main_process:
-        s.core.save(s.run.file("model"), metadata={"step": str(s.state.step)})
-    results["model_dir"] = str(s.run.file("model"))
+def _after(job: Pretraining, fit: FitResult, model: nn.Module) -> dict[str, dict[str, float]]:
+    """Retrieval of the weights training ends with; ``val`` is the engine's evaluation of them when it made one."""
+    step = fit.best["step"] if fit.best["step"] is not None else fit.steps  # the best weights are restored
+    record = next((r for r in fit.history if r["step"] == step), {})
+    after = {"val": {k.removeprefix("val/"): v for k, v in record.items() if k.startswith("val/")}} if record else {}
+    return after | job.evaluator.splits(model, tuple(name for name in ("val", "train") if name not in after))
+
+
+def pretrain(cfg: PretrainConfig, engine: Engine, run: RunDir, evaluate_before: bool = True) -> dict:
+    """Train, evaluate before (``evaluate_before``) and after, save ``<out>/model``; returns the results dict."""
+    job = setup(cfg, engine)
+    results: dict = {"global_batch": global_batch(cfg, engine)}
+    if evaluate_before:
+        results["before"] = job.evaluator.splits(job.model.to(engine.device))
+        _log_eval(engine, 0, "before", results["before"])
+    fit = engine.fit(
+        job.model,
+        job.train_loader,
+        backward=job.step,
+        evaluate=job.evaluator if "val" in job.evaluator.loaders else None,
+        after_step=clamp_logit_scale,
+        layout={"train_breasts": job.train_breasts},
+    )
+    results |= {
+        "resumed_from_step": fit.resumed_from_step,
+        "steps": fit.steps,
+        "steps_per_epoch": fit.steps_per_epoch,
+        "losses": fit.losses,
+        "val_history": fit.history,
+        "best": fit.best,
+    }
+    results["after"] = _after(job, fit, engine.model)
+    _log_eval(engine, fit.steps, "after", results["after"])
+    engine.accelerator.wait_for_everyone()
+    if engine.is_main_process:
+        job.model.save(run.file(MODEL_DIR), metadata={"step": str(fit.steps)})
+    results["model_dir"] = str(run.file(MODEL_DIR))
+    results["trackers"] = [tracker.name for tracker in engine.accelerator.trackers]
     return results
 
 
-def make_accelerator(cfg: PretrainConfig, run_path: Path) -> Accelerator:
-    """The Accelerator of a run: mixed precision, CPU switch, tracker (TensorBoard if installed)."""
-    project = ProjectConfiguration(project_dir=str(run_path), logging_dir=str(run_path / "tensorboard"))
-    tracker = tracker_name(cfg.train.tracker)
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.cpu, log_with=tracker,
-                       project_config=project)  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m pretrain --config FILE [--resume latest] [key=value ...]``; returns the results dict."""
-    parser = argparse.ArgumentParser(prog="pretrain", description=__doc__)
-    parser.add_argument("--resume", help="'latest' or a checkpoint folder (same as resume=...)")
-    cfg = load_config(PretrainConfig, argv, parser=parser)
-    if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {cfg.train.mixed_precision!r}")
-    accelerator = make_accelerator(cfg, Path(cfg.out))
-    run = RunDir.create(cfg.out, cfg, main_process=accelerator.is_main_process)
-    accelerator.init_trackers("pretrain", config=flat_hparams(config_to_dict(cfg)))  # no-op without a tracker
+    """``mvmlm pretrain --config FILE [--resume latest] [key=value ...]``; returns what ``metrics.json`` holds."""
+    from pretrain import COMMAND
+
+    cfg = COMMAND.parse(argv)
+    # Refuses a second run into ``out`` (without train.resume=latest) before anything there is touched.
+    engine = Engine(cfg.train, cfg.optim, cfg.out, hparams=config_to_dict(cfg), name="pretrain")
+    fresh = engine.resume_from is None
     try:
-        session = build_session(cfg, accelerator, run)
-        results = train(session)
-        results["tracker"] = [t.name for t in accelerator.trackers]
-        if accelerator.is_main_process:
+        run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process)
+        results = pretrain(cfg, engine, run, evaluate_before=fresh)
+        if engine.is_main_process:
             run.write_metrics(results)
     finally:
-        accelerator.end_training()
+        engine.end()
     return results

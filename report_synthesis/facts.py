@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mvmlm.config import ConfigError
+from mvmlm.data.ids import breast_id
 
 __all__ = [
     "FIELDS",
@@ -56,11 +57,6 @@ OTHER_FINDINGS = (
     "lymph node",
 )
 _ID_KEYS = ("dataset", "patient_id", "exam_id", "laterality")
-
-
-def breast_id(dataset: str, patient_id: str, exam_id: str, laterality: str) -> str:
-    """The stable id of one breast of one exam: ``dataset/patient_id/exam_id/laterality``."""
-    return f"{dataset}/{patient_id}/{exam_id}/{laterality}"
 
 
 @dataclass(frozen=True)

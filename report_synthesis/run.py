@@ -8,7 +8,6 @@ by the template report with the reason recorded. Resumable; ``--shard-id/--num-s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mvmlm.config import MISSING, ConfigError, config_to_dict, load_config
+from mvmlm.config import MISSING, ConfigError, config_to_dict
 from mvmlm.data.schema import read_table
 from mvmlm.rundir import RunDir
 from report_synthesis import corpus
@@ -268,10 +267,9 @@ def write_reports(cfg: ReportsConfig, run: RunDir, backend: Backend | None = Non
 
 def main(argv: list[str] | None = None) -> dict:
     """Write the report corpus; returns the summary (also in ``metrics.json`` of the run directory)."""
-    parser = argparse.ArgumentParser(prog="python -m report_synthesis", description=__doc__)
-    parser.add_argument("--shard-id", type=int, help="this process's shard (config key shard_id)")
-    parser.add_argument("--num-shards", type=int, help="number of shards (config key num_shards)")
-    cfg = load_config(ReportsConfig, argv, parser=parser)
+    from report_synthesis.command import COMMAND
+
+    cfg = COMMAND.parse(argv)
     _validate(cfg)
     corpus.check_manifest(cfg.out, _manifest(cfg))  # before the run directory records a config it would refuse
     run = RunDir.create(cfg.out, cfg)

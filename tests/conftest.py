@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = {"height": 96, "width": 64}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The suite's tiny models are bound by per-operation overhead: a second intra-op thread only spin-waits, and on
+    a loaded 2-core machine (CI) that made training tests several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Callable[..., tuple[Path, pd.DataFrame]]:
     """``synthetic_dataset(fmt, exams=8, seed=0)`` -> (dataset root, expected canonical table); cached per args."""
@@ -66,14 +78,23 @@ def _build_text_image_set(synthetic_dataset, work: Path, exams: int, test_fracti
 
     root, table = synthetic_dataset("vindr", exams=exams, seed=0)
     if test_fraction is not None:
-        table = table.assign(split=patient_split(table.patient_id, seed=0, val_fraction=0.15,
-                                                 test_fraction=test_fraction))  # fmt: skip
+        table = table.assign(
+            split=patient_split(table.patient_id, seed=0, val_fraction=0.15, test_fraction=test_fraction)
+        )
     truth = schema.write_table(table, work / "table.parquet")
     params = PreprocessParams(height=64, width=48)
     preprocess_table(table, root, work / "cache", params, progress=False)
     corpus = work / "reports"
-    write_reports(["--config", str(REPO / "configs/reports/template.yaml"), f"table={truth}", f"out={corpus}",
-                   "variants=2", "progress=false"])  # fmt: skip
+    write_reports(
+        [
+            "--config",
+            str(REPO / "configs/reports/template.yaml"),
+            f"table={truth}",
+            f"out={corpus}",
+            "variants=2",
+            "progress=false",
+        ]
+    )
     texts = sorted({text for variants in read_reports(corpus).values() for text in variants})
     text_model = write_tiny_text_model(work / "bert", texts)
     TextFeatureCache(work / "text_cache", FrozenTextEncoder(str(text_model), None, max_length=96)).ensure(texts)

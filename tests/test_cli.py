@@ -19,18 +19,20 @@ from report_synthesis.backends import BackendUnavailable
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_usage_lists_every_command(capsys):
-    assert cli.main([]) == 0
-    out = capsys.readouterr().out
-    for name in cli.COMMANDS:
-        assert name in out
-
-
-def test_usage_shows_each_command_with_its_description(capsys):
+def test_usage_lists_every_command_with_its_summary(capsys):
     assert cli.main(["--help"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    assert rows["pretrain"].split(maxsplit=1)[1] == cli.COMMANDS["pretrain"][1]
-    assert all(name in rows and "('" not in rows[name] and "mvmlm." not in rows[name] for name in cli.COMMANDS)
+    known = cli.commands()
+    assert set(rows) == set(known) >= {"pretrain", "finetune", "multiview", "dual-stream", "split", "reports"}
+    for name, command in known.items():
+        assert rows[name].split(maxsplit=1)[1] == command.summary
+
+
+def test_commands_are_found_through_the_entry_point_group():
+    from importlib.metadata import entry_points
+
+    names = {e.name for e in entry_points(group=cli.ENTRY_POINT_GROUP)}
+    assert names == set(cli.commands())
 
 
 def test_unknown_command_exits_2(capsys):
@@ -38,9 +40,35 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
-def test_every_command_module_has_main():
-    for module, _ in cli.COMMANDS.values():
-        assert callable(importlib.import_module(module).main)
+def test_every_command_main_and_config_can_be_imported():
+    for command in cli.commands().values():
+        for target in (command.main, command.config):
+            module, _, attr = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), attr)), target
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands()))
+def test_help_needs_neither_torch_nor_the_command_code(name):
+    """``mvmlm <command> --help`` reads only the config schema: no torch import (fast), plain text."""
+    code = (
+        "import sys; from mvmlm.cli import main\n"
+        f"try:\n    main([{name!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'timm', 'transformers', 'sklearn') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("HEAVY []"), done.stdout[-500:]
+    assert f"usage: mvmlm {name}" in done.stdout and "config keys" in done.stdout
+    assert "``" not in done.stdout and ":func:" not in done.stdout and ":mod:" not in done.stdout
+
+
+def test_python_dash_m_of_a_subpackage_runs_its_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "downstream.finetune", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: mvmlm finetune" in done.stdout and "train.resume" in done.stdout
 
 
 def _raiser(exc: Exception):
@@ -82,10 +110,19 @@ def _one_error_line(entry, capsys) -> str:
 
 def _canonical_table(path: Path, **extra) -> Path:
     rows = [
-        dict(dataset="d", patient_id="p1", exam_id="e1", image_id=f"i{view}", path=f"{view}.dcm", laterality="L",
-             view=view, split="train", **extra)
+        dict(
+            dataset="d",
+            patient_id="p1",
+            exam_id="e1",
+            image_id=f"i{view}",
+            path=f"{view}.dcm",
+            laterality="L",
+            view=view,
+            split="train",
+            **extra,
+        )
         for view in ("CC", "MLO")
-    ]  # fmt: skip
+    ]
     return schema.write_table(pd.DataFrame(rows), path)
 
 
@@ -98,7 +135,7 @@ def test_table_without_cache_path_is_one_error_line(tmp_path, capsys):
 
 
 def test_empty_split_is_one_error_line(tmp_path, capsys):
-    from downstream.tasks import DataConfig, load_breasts
+    from downstream.common.tasks import DataConfig, load_breasts
 
     table = _canonical_table(tmp_path / "table.parquet", cache_path="x.png")
     line = _one_error_line(lambda argv: load_breasts(DataConfig(table=str(table))), capsys)
@@ -106,7 +143,7 @@ def test_empty_split_is_one_error_line(tmp_path, capsys):
 
 
 def test_mvclip_encoder_without_checkpoint_is_one_error_line(capsys):
-    from downstream.embed import EncoderConfig, build_backbone
+    from downstream.common.embed import EncoderConfig, build_backbone
 
     line = _one_error_line(lambda argv: build_backbone(EncoderConfig(source="mvclip")), capsys)
     assert "checkpoint=" in line

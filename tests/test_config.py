@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from mvmlm.config import MISSING, ConfigError, build_config, config_to_yaml, describe_config, load_config
+from mvmlm.config import (
+    MISSING,
+    ConfigError,
+    DataConfig,
+    build_config,
+    config_to_yaml,
+    describe_config,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,10 +125,10 @@ def test_yaml_mandatory_value_is_satisfied_by_a_later_file_or_override(tmp_path)
 
 
 def test_probe_yaml_mandatory_checkpoint_is_reported():
-    from downstream.linear_probe import ProbeConfig
+    from downstream.probe.run import ProbeConfig
 
     with pytest.raises(ConfigError, match=r"missing mandatory value\(s\): encoders\.mvmlm\.checkpoint"):
-        build_config(ProbeConfig, [REPO / "configs/downstream/tiny_probe.yaml"], ["data.table=x"])
+        build_config(ProbeConfig, [REPO / "configs/probe/tiny.yaml"], ["data.table=x"])
 
 
 def test_help_lists_empty_dicts_and_dict_entry_schema():
@@ -168,3 +176,17 @@ def test_errors_are_one_line():
         with pytest.raises(ConfigError) as info:
             build_config(Example, overrides=["data.root=/x", override])
         assert "\n" not in str(info.value) and "full_key" not in str(info.value)
+
+
+@dataclass
+class WithData:
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def test_a_scalar_where_a_section_now_is_names_its_fields(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  table: t.parquet\n  augment: false\n")
+    with pytest.raises(
+        ConfigError, match=r"old.yaml: key 'data.augment': is a section now.*data.augment.enabled=false"
+    ):
+        build_config(WithData, [old])

@@ -11,8 +11,19 @@ from mvmlm.demo import main
 def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the checkout: the stage configs come from the source tree
     out = tmp_path / "demo"
-    summary = main([f"out={out}", "exams=8", "source_height=96", "source_width=64", "height=64", "width=40",
-                    "workers=1", "contact_exams=2", "model_stages=false"])  # fmt: skip
+    summary = main(
+        [
+            f"out={out}",
+            "exams=8",
+            "source_height=96",
+            "source_width=64",
+            "height=64",
+            "width=40",
+            "workers=1",
+            "contact_exams=2",
+            "model_stages=false",
+        ]
+    )
     assert summary["exams"] == 8 and summary["failures"] == 0
     assert sum(summary["views"].values()) == summary["images"]
     assert (out / "contact_sheet.png").stat().st_size > 1000

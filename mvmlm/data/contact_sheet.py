@@ -20,10 +20,12 @@ def _side_label(exam: pd.Series, side: str) -> str:
         v = exam.get(f"{side}_{name}")
         return None if v is None or pd.isna(v) else v
 
-    parts = [f"BI-RADS {value('birads') if value('birads') is not None else '-'}",
-             f"dens {value('density') or '-'}"]  # fmt: skip
-    parts += [short for name, short in (("mass", "mass"), ("calcification", "calc"), ("malignant", "malignant"))
-              if value(name) == 1]  # fmt: skip
+    parts = [f"BI-RADS {value('birads') if value('birads') is not None else '-'}", f"dens {value('density') or '-'}"]
+    parts += [
+        short
+        for name, short in (("mass", "mass"), ("calcification", "calc"), ("malignant", "malignant"))
+        if value(name) == 1
+    ]
     return ", ".join(parts)
 
 

@@ -17,19 +17,29 @@ import torch
 from torch.utils.data import Dataset
 
 from mvmlm.data import schema
+from mvmlm.data.ids import BREAST_KEYS, breast_ids, patient_keys
 from mvmlm.data.preprocess import load_cached
 
 __all__ = [
-    "SLOT_VIEWS", "BREAST_SLOTS", "EXAM_SLOTS", "BREAST_KEYS", "EXAM_KEYS", "DEFAULT_LABELS", "CATEGORIES",
-    "build_breasts", "build_exams", "encode_label", "BreastDataset", "ExamDataset",
-]  # fmt: skip
+    "SLOT_VIEWS",
+    "BREAST_SLOTS",
+    "EXAM_SLOTS",
+    "BREAST_KEYS",
+    "EXAM_KEYS",
+    "DEFAULT_LABELS",
+    "CATEGORIES",
+    "build_breasts",
+    "build_exams",
+    "encode_label",
+    "BreastDataset",
+    "ExamDataset",
+]
 
 #: slot -> accepted views, most preferred first
 SLOT_VIEWS: dict[str, tuple[str, ...]] = {"CC": ("CC", "XCCL", "XCCM"), "MLO": ("MLO", "LMO", "ML", "LM")}
 BREAST_SLOTS = ("CC", "MLO")
 SIDES = ("L", "R")
 EXAM_SLOTS = tuple(f"{side}_{slot}" for side in SIDES for slot in BREAST_SLOTS)
-BREAST_KEYS = ["dataset", "patient_id", "exam_id", "laterality"]
 EXAM_KEYS = ["dataset", "patient_id", "exam_id"]
 _CARRIED = ("image_id", "path", "cache_path")
 DEFAULT_LABELS = ("malignant", "mass", "calcification", "birads", "density")
@@ -59,7 +69,10 @@ def build_breasts(table: pd.DataFrame, slot_views: Mapping[str, Sequence[str]] =
         picked = chosen[chosen["_slot"] == slot].set_index(BREAST_KEYS)[carried]
         breasts = breasts.join(picked.rename(columns={c: f"{slot}_{c}" for c in carried}))
         breasts[f"{slot}_present"] = breasts[f"{slot}_image_id"].notna()
-    return breasts.reset_index()
+    breasts = breasts.reset_index()
+    breasts["breast_id"] = breast_ids(breasts)
+    breasts["patient"] = patient_keys(breasts)
+    return breasts
 
 
 def build_exams(table: pd.DataFrame, slot_views: Mapping[str, Sequence[str]] = SLOT_VIEWS) -> pd.DataFrame:

@@ -12,6 +12,11 @@ Cache layout: ``<out>/<height>x<width>-<hash of the parameters>/`` holds ``image
 (image_id, path, error), the run's config, provenance, log and metrics. Changing a parameter changes the hash, so
 a new folder is used and old caches stay valid.
 
+Lesion crops (``roi.enabled=true``, :mod:`mvmlm.data.roi`): the folder also holds ``crops/<dataset>/<patient>/
+<image>.npy`` (the ``roi.size`` square around each image's lesions), ``roi_table.parquet`` (the cached rows with a
+crop, ``cache_path`` relative to the folder) and ``roi_failures.csv`` (images without a crop). The ROI parameters
+are part of the folder's hash, so caches with other crop parameters never mix (without ROI the hash is unchanged).
+
 Format: one uncompressed uint16 ``.npy`` per image (value = round(65535 * intensity), lossless at 16 bits).
 Reading one back is a single buffer read with no decoding (about 1 ms for 1520x912), several times faster than
 decoding a 16-bit PNG; the price is disk space (2.8 MB per image at the default size).
@@ -22,7 +27,6 @@ renamed, so a killed run never leaves a partial cache file. Run one ``preprocess
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -30,7 +34,7 @@ import logging
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +43,31 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from mvmlm.config import MISSING, ConfigError, load_config
+from mvmlm.config import MISSING, ConfigError
 from mvmlm.data import dicom, schema
 from mvmlm.errors import InputError
 from mvmlm.rundir import RunDir
 
 __all__ = [
-    "PreprocessParams", "PreprocessConfig", "breast_bbox", "crop_breast", "resize_pad", "preprocess_image",
-    "cache_folder", "cache_file", "save_cached", "load_cached", "preprocess_table", "read_cached_table", "main",
+    "RoiParams",
+    "PreprocessParams",
+    "PreprocessConfig",
+    "breast_bbox",
+    "crop_breast",
+    "resize_pad",
+    "preprocess_image",
+    "cache_folder",
+    "cache_file",
+    "save_cached",
+    "load_cached",
+    "preprocess_table",
+    "read_cached_table",
+    "main",
     "NotCachedError",
-]  # fmt: skip
+    "ROI_TABLE_FILE",
+    "ROI_FAILURES_FILE",
+    "CROPS_DIR",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +82,47 @@ CACHE_SCALE = 65535
 TABLE_FILE = "table.parquet"
 FAILURES_FILE = "failures.csv"
 IMAGES_DIR = "images"
+#: bump when the crop code (:mod:`mvmlm.data.roi`) changes its output
+ROI_VERSION = 1
+ROI_SOURCES = ("mask", "crop")
+ROI_MISSING = ("skip", "whole")
+ROI_TABLE_FILE = "roi_table.parquet"
+ROI_FAILURES_FILE = "roi_failures.csv"
+CROPS_DIR = "crops"
 _TMP_MARK = ".tmp"
 _BBOX_GRID = 512  # the breast mask is found on a grid of at most this many pixels per side
 
 
 @dataclass
+class RoiParams:
+    """Lesion crops beside the images (the crop stream of ``mvmlm dual-stream``; :mod:`mvmlm.data.roi`)."""
+
+    enabled: bool = False  # also cache a lesion crop per image (datasets with ROI masks or boxes)
+    size: int = 224  # crop side after resizing (Mammo-Mamba: 224)
+    margin: float = 0.25  # context added on each side, as a share of the lesion box's longer side
+    min_side: int = 64  # smallest crop side in native pixels (tiny calcification clusters still get context)
+    source: str = "mask"  # mask: ROI masks / boxes cut from the full image | crop: CBIS-DDSM's cropped-image files
+    missing: str = "skip"  # image without a lesion: skip (recorded in roi_failures.csv) | whole (the breast instead)
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.min_side < 1 or self.margin < 0:
+            raise ConfigError(f"key 'roi': size and min_side must be positive and margin >= 0, got {self}")
+        if self.source not in ROI_SOURCES or self.missing not in ROI_MISSING:
+            raise ConfigError(
+                f"key 'roi': source must be one of {ROI_SOURCES} and missing one of {ROI_MISSING}, "
+                f"got {self.source!r} / {self.missing!r}"
+            )
+
+
+@dataclass
 class PreprocessParams:
-    """Everything that changes a cached image; hashed into the cache folder name."""
+    """Everything that changes a cached image (or crop); hashed into the cache folder name."""
 
     height: int = 1520  # output rows
     width: int = 912  # output columns
     crop: bool = True  # crop to the breast before resizing
     crop_threshold: float = 0.05  # breast = brighter than the background by this share of the intensity range
+    roi: RoiParams = field(default_factory=RoiParams)  # lesion crops beside the images (roi.enabled=true)
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -83,8 +131,11 @@ class PreprocessParams:
             raise ConfigError(f"key 'crop_threshold': must be in [0, 1), got {self.crop_threshold}")
 
     def key(self) -> str:
-        """Cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>``."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PreprocessParams)}
+        """Cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>`` (the ROI parameters count
+        only when crops are made, so caches without them keep their name)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PreprocessParams) if f.name != "roi"}
+        if self.roi.enabled:
+            fields["roi"] = {"version": ROI_VERSION, **dataclasses.asdict(self.roi)}
         blob = json.dumps({"version": CACHE_VERSION, **fields}, sort_keys=True)
         return f"{self.height}x{self.width}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -149,9 +200,9 @@ def _safe_name(value: str) -> str:
     return safe
 
 
-def cache_file(dataset: str, patient_id: str, image_id: str) -> Path:
-    """Path of an image's cache file relative to its cache folder."""
-    return Path(IMAGES_DIR, _safe_name(dataset), _safe_name(patient_id), f"{_safe_name(image_id)}.npy")
+def cache_file(dataset: str, patient_id: str, image_id: str, kind: str = IMAGES_DIR) -> Path:
+    """Path of an image's cache file (``kind``: ``images`` or ``crops``) relative to its cache folder."""
+    return Path(kind, _safe_name(dataset), _safe_name(patient_id), f"{_safe_name(image_id)}.npy")
 
 
 def save_cached(path: str | Path, image: np.ndarray) -> Path:
@@ -187,10 +238,10 @@ def _cache_one(source: str, target: str, params: PreprocessParams) -> str | None
 
 def _remove_partial_files(folder: Path) -> None:
     """Delete temporary files a killed run left behind."""
-    images = folder / IMAGES_DIR
-    if images.is_dir():
-        for tmp in images.rglob(f".*{_TMP_MARK}*"):
-            tmp.unlink(missing_ok=True)
+    for kind in (IMAGES_DIR, CROPS_DIR):
+        if (folder / kind).is_dir():
+            for tmp in (folder / kind).rglob(f".*{_TMP_MARK}*"):
+                tmp.unlink(missing_ok=True)
 
 
 def _run(tasks: list[tuple[int, str, str]], params: PreprocessParams, workers: int, progress: bool) -> dict[int, str]:
@@ -225,7 +276,8 @@ def preprocess_table(
 
     Images already cached with the same parameters are skipped. Per-image failures are written to
     ``failures.csv`` in the cache folder and the rest go on. The cached rows, with a ``cache_path`` column
-    (relative to the cache folder), are written to ``table.parquet`` there.
+    (relative to the cache folder), are written to ``table.parquet`` there. With ``params.roi.enabled`` the lesion
+    crops of the cached rows follow (:func:`mvmlm.data.roi.cache_crops`).
 
     Returns:
         The rows that are cached, with ``cache_path`` as an absolute path.
@@ -248,8 +300,18 @@ def preprocess_table(
     failures.to_csv(folder / FAILURES_FILE, index=False)
     cached = table.assign(cache_path=relative).drop(index=failed).reset_index(drop=True)
     schema.write_table(cached, folder / TABLE_FILE)
-    log.info("preprocess %s: %d images already cached, %d cached now, %d failed (see %s)",
-             folder, len(table) - len(todo), len(todo) - len(errors), len(errors), folder / FAILURES_FILE)  # fmt: skip
+    if params.roi.enabled:
+        from mvmlm.data.roi import cache_crops  # roi builds on this module
+
+        cache_crops(table.drop(index=failed), root, folder, params.roi, workers=workers, progress=progress)
+    log.info(
+        "preprocess %s: %d images already cached, %d cached now, %d failed (see %s)",
+        folder,
+        len(table) - len(todo),
+        len(todo) - len(errors),
+        len(errors),
+        folder / FAILURES_FILE,
+    )
     return cached.assign(cache_path=[str(folder / rel) for rel in cached["cache_path"]])
 
 
@@ -272,12 +334,9 @@ class PreprocessConfig(PreprocessParams):
 
 def main(argv: list[str] | None = None) -> dict:
     """``mvmlm preprocess``: crop, resize and cache every image of a canonical table."""
-    parser = argparse.ArgumentParser(prog="mvmlm preprocess", description=__doc__)
-    parser.add_argument("--table")
-    parser.add_argument("--root")
-    parser.add_argument("--out")
-    parser.add_argument("--workers", type=int)
-    cfg = load_config(PreprocessConfig, argv, parser=parser)
+    from mvmlm.commands import PREPROCESS
+
+    cfg = PREPROCESS.parse(argv)
     params = PreprocessParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PreprocessParams)})
     run = RunDir.create(cache_folder(cfg.out, params), cfg)
     table = schema.read_table(cfg.table)
@@ -289,5 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         "folder": str(run.path),
         "table": str(run.file(TABLE_FILE)),
     }
+    if params.roi.enabled:
+        metrics["crops"] = len(schema.read_table(run.file(ROI_TABLE_FILE)))
+        metrics["crop_table"] = str(run.file(ROI_TABLE_FILE))
     run.write_metrics(metrics)
     return metrics

@@ -1,4 +1,5 @@
-"""Lesion (ROI) crops per image, cached beside the image cache: the crop stream of Mammo-Mamba.
+"""Lesion (ROI) crops per image, made by ``mvmlm preprocess ... roi.enabled=true`` beside the image cache: the crop
+stream of Mammo-Mamba.
 
 Where the lesion is comes from the dataset (a registry by the table's ``dataset`` value): CBIS-DDSM's ROI masks
 (``roi_path``, ``;``-separated, one per abnormality) or VinDr-Mammo's finding boxes (``boxes``, native pixels),
@@ -9,77 +10,62 @@ pixels), shifted inside the image, cut from the full image and resized to ``size
 CBIS-DDSM's own cropped-image files are used instead (the first listed). An image without a lesion is skipped and
 recorded (``missing: skip``) or replaced by its whole breast (``missing: whole``).
 
-Cache layout, as :mod:`mvmlm.data.preprocess`: ``<cache root>/roi<size>-<hash of the parameters>/`` holds
-``images/...npy`` (uint16), ``table.parquet`` (the rows with a crop, ``cache_path`` relative) and ``failures.csv``
-(image_id, path, error). Existing crop files are reused, so a second run only reads the table.
+Cache layout: inside the image cache folder of :mod:`mvmlm.data.preprocess` (whose hash includes these parameters),
+``crops/...npy`` (uint16), ``roi_table.parquet`` (the rows with a crop, ``cache_path`` relative to the folder) and
+``roi_failures.csv`` (image_id, path, error). Existing crop files are reused, so a second run only reads the table.
+Training reads the crops with :func:`read_crop_table` and never the dataset itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mvmlm.config import ConfigError
 from mvmlm.data import dicom, schema
 from mvmlm.data.preprocess import (
-    FAILURES_FILE,
-    TABLE_FILE,
+    CROPS_DIR,
+    ROI_FAILURES_FILE,
+    ROI_TABLE_FILE,
+    NotCachedError,
     PreprocessParams,
+    RoiParams,
     cache_file,
     crop_breast,
+    read_cached_table,
     resize_pad,
     save_cached,
 )
 from mvmlm.errors import InputError
 
 __all__ = [
-    "Box", "NoRoiError", "RoiParams", "register_roi_source", "clip_box", "union_box", "square_box", "lesion_boxes",
-    "lesion_crop", "roi_cache_table",
-]  # fmt: skip
+    "Box",
+    "NoRoiError",
+    "RoiParams",
+    "register_roi_source",
+    "clip_box",
+    "union_box",
+    "square_box",
+    "lesion_boxes",
+    "lesion_crop",
+    "cache_crops",
+    "crop_table_path",
+    "read_crop_table",
+]
 
 log = logging.getLogger(__name__)
 
 #: (top, bottom, left, right), end-exclusive, in pixels of the canonical (chest wall left) full image
 Box = tuple[int, int, int, int]
-ROI_VERSION = 1  # bump when the crop code changes its output
-SOURCES = ("mask", "crop")
-MISSING_POLICIES = ("skip", "whole")
 
 
 class NoRoiError(ValueError, InputError):
     """An image has no usable lesion location."""
-
-
-@dataclass
-class RoiParams:
-    """Everything that changes a cached crop; hashed into the crop cache folder name."""
-
-    size: int = 224  # crop side after resizing (the paper: 224)
-    margin: float = 0.25  # context added on each side, as a share of the lesion box's longer side
-    min_side: int = 64  # smallest crop side in native pixels (tiny calcification clusters still get context)
-    source: str = "mask"  # mask: ROI masks / boxes cut from the full image | crop: CBIS-DDSM's cropped-image files
-    missing: str = "skip"  # image without a lesion: skip (recorded in failures.csv) | whole (the breast instead)
-
-    def __post_init__(self) -> None:
-        if self.size < 1 or self.min_side < 1 or self.margin < 0:
-            raise ConfigError(f"roi: size and min_side must be positive and margin >= 0, got {self}")
-        if self.source not in SOURCES or self.missing not in MISSING_POLICIES:
-            raise ConfigError(f"roi: source must be one of {SOURCES} and missing one of {MISSING_POLICIES}, "
-                              f"got {self.source!r} / {self.missing!r}")  # fmt: skip
-
-    def key(self) -> str:
-        """Cache folder name: ``roi<size>-<10 hex digits of the parameter hash>``."""
-        blob = json.dumps({"version": ROI_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return f"roi{self.size}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 def clip_box(box: Box, shape: tuple[int, int]) -> Box | None:
@@ -194,39 +180,84 @@ def lesion_crop(row: pd.Series, root: str | Path, params: RoiParams) -> np.ndarr
     raise NoRoiError(f"{row['image_id']} ({row['path']}): no lesion {what}")
 
 
-def roi_cache_table(
-    table: pd.DataFrame, root: str | Path, cache_dir: str | Path, params: RoiParams, *, progress: bool = True
-) -> pd.DataFrame:
-    """Crop and cache the lesion of every image of a canonical ``table`` under ``cache_dir`` (the image cache root).
+def _crop_one(row: pd.Series, root: str, target: str, params: RoiParams) -> str | None:
+    """Crop and cache one image's lesion; the error text when it has no crop (the run goes on)."""
+    try:
+        save_cached(target, lesion_crop(row, root, params))
+    except (NoRoiError, dicom.DicomReadError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
-    Crops already cached with the same parameters are reused. Images without a crop (no ROI under ``missing:
-    skip``, unreadable files) are logged, written to ``failures.csv`` and left out.
+
+def cache_crops(
+    table: pd.DataFrame,
+    root: str | Path,
+    folder: str | Path,
+    params: RoiParams,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Crop and cache the lesion of every image of a canonical ``table`` into the image cache ``folder``.
+
+    Crops already cached are reused. Images without a crop (no ROI under ``missing: skip``, unreadable files) are
+    logged, written to ``roi_failures.csv`` and left out of ``roi_table.parquet``.
 
     Returns:
         The rows with a crop and ``cache_path`` (absolute) pointing to it.
     """
-    folder = (Path(cache_dir) / params.key()).resolve()
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    table = schema.conform(table)
+    table = schema.conform(table).reset_index(drop=True)
     ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
-    relative = [str(cache_file(dataset, patient, image)) for dataset, patient, image in ids]
+    relative = [str(cache_file(dataset, patient, image, CROPS_DIR)) for dataset, patient, image in ids]
+    todo = [(i, row, str(folder / relative[i])) for i, row in table.iterrows() if not (folder / relative[i]).is_file()]
     errors: dict[int, str] = {}
-    for index, (_, row) in enumerate(tqdm(table.iterrows(), total=len(table), desc="roi", disable=not progress)):
-        target = folder / relative[index]
-        if target.is_file():
-            continue
-        try:
-            save_cached(target, lesion_crop(row, root, params))
-        except (NoRoiError, dicom.DicomReadError) as exc:
-            errors[index] = f"{type(exc).__name__}: {exc}"
-            log.warning("roi crop skipped: %s", exc)
+    with tqdm(total=len(todo), desc="roi", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for i, row, target in todo:
+                if (error := _crop_one(row, str(root), target, params)) is not None:
+                    errors[i] = error
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(_crop_one, row, str(root), target, params): i for i, row, target in todo}
+                for future in as_completed(futures):
+                    if (error := future.result()) is not None:
+                        errors[futures[future]] = error
+                    bar.update()
+    for error in errors.values():
+        log.warning("roi crop skipped: %s", error)
     failed = sorted(errors)
-    table.loc[failed, ["image_id", "path"]].assign(error=[errors[i] for i in failed]).to_csv(
-        folder / FAILURES_FILE, index=False
+    failures = table.loc[failed, ["image_id", "path"]].assign(error=[errors[i] for i in failed])
+    failures.to_csv(folder / ROI_FAILURES_FILE, index=False)
+    cached = table.assign(cache_path=relative).drop(index=failed).reset_index(drop=True)
+    schema.write_table(cached, folder / ROI_TABLE_FILE)
+    log.info(
+        "roi crops in %s: %d cached, %d without a crop (see %s)",
+        folder,
+        len(cached),
+        len(failed),
+        folder / ROI_FAILURES_FILE,
     )
-    keep = [i for i in range(len(table)) if i not in errors]
-    cached = table.iloc[keep].assign(cache_path=[relative[i] for i in keep]).reset_index(drop=True)
-    schema.write_table(cached, folder / TABLE_FILE)
-    log.info("roi crops in %s: %d cached, %d without a crop (see %s)", folder, len(cached), len(failed),
-             folder / FAILURES_FILE)  # fmt: skip
     return cached.assign(cache_path=[str(folder / rel) for rel in cached["cache_path"]])
+
+
+def crop_table_path(table: str | Path) -> Path:
+    """The crop table beside an image cache's ``table.parquet``."""
+    return Path(table).with_name(ROI_TABLE_FILE)
+
+
+def read_crop_table(table: str | Path) -> pd.DataFrame:
+    """The lesion crops beside the image cache table ``table``, with ``cache_path`` made absolute.
+
+    Raises:
+        NotCachedError: the cache holds no crops, naming the command that makes them.
+    """
+    path = crop_table_path(table)
+    if not path.is_file():
+        raise NotCachedError(
+            f"{Path(table).parent}: no lesion crops ({ROI_TABLE_FILE}); run `mvmlm preprocess` with "
+            "roi.enabled=true (its cache folder then holds the crops beside table.parquet)"
+        )
+    return read_cached_table(path)

@@ -15,9 +15,20 @@ import pandas as pd
 from mvmlm.errors import InputError
 
 __all__ = [
-    "COLUMNS", "ID_COLUMNS", "LABEL_COLUMNS", "VOCABULARIES", "SchemaError", "Violation",
-    "empty_table", "conform", "validate", "check", "read_table", "write_table", "concat_tables",
-]  # fmt: skip
+    "COLUMNS",
+    "ID_COLUMNS",
+    "LABEL_COLUMNS",
+    "VOCABULARIES",
+    "SchemaError",
+    "Violation",
+    "empty_table",
+    "conform",
+    "validate",
+    "check",
+    "read_table",
+    "write_table",
+    "concat_tables",
+]
 
 STRING = "string"
 INT = "Int64"
@@ -52,9 +63,20 @@ ID_COLUMNS = ("dataset", "patient_id", "exam_id", "image_id", "path", "lateralit
 LABEL_COLUMNS = ("birads", "density", "malignant", "mass", "calcification", "pathology")
 #: Labels are breast-level: both views of a breast must agree on these.
 BREAST_LEVEL_COLUMNS = (
-    "age", "birads", "density", "malignant", "mass", "calcification", "mass_shape", "mass_margin",
-    "calc_morphology", "calc_distribution", "pathology", "years_to_cancer", "years_to_last_followup",
-)  # fmt: skip
+    "age",
+    "birads",
+    "density",
+    "malignant",
+    "mass",
+    "calcification",
+    "mass_shape",
+    "mass_margin",
+    "calc_morphology",
+    "calc_distribution",
+    "pathology",
+    "years_to_cancer",
+    "years_to_last_followup",
+)
 
 #: Closed vocabularies (values outside them are violations). ``view`` is open: any DICOM ViewPosition code.
 VOCABULARIES: dict[str, frozenset] = {

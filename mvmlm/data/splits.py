@@ -1,11 +1,22 @@
-"""Patient-level splits with a fixed seed, for sources that ship no split (or no validation split)."""
+"""Patient-level splits with a fixed seed, for sources that ship no split (or no validation split), and the
+``mvmlm split`` command that re-splits a table once for every command that reads it."""
 
 from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFAULT_TEST_FRACTION", "patient_split", "source_less_split"]
+from mvmlm.config import MISSING, ConfigError
+from mvmlm.data.ids import patient_keys
+
+__all__ = ["DEFAULT_TEST_FRACTION", "patient_split", "source_less_split", "SplitConfig", "resplit", "main"]
+
+log = logging.getLogger(__name__)
 
 #: share of patients held out as test where the data ships no split (RSNA, CMMD, EMBED, the synthetic truth)
 DEFAULT_TEST_FRACTION = 0.2
@@ -65,3 +76,42 @@ def _held_out(fraction: float, total: int, pool: int) -> int:
 def source_less_split(patient_ids: pd.Series, *, seed: int, val_fraction: float) -> pd.Series:
     """The split of data that ships none: patient-level train / val / test, :data:`DEFAULT_TEST_FRACTION` as test."""
     return patient_split(patient_ids, seed=seed, val_fraction=val_fraction, test_fraction=DEFAULT_TEST_FRACTION)
+
+
+@dataclass
+class SplitConfig:
+    table: str = MISSING  # a canonical table or the table.parquet of a preprocess cache
+    out: str = MISSING  # the re-split table (parquet); cache paths are rewritten relative to its folder
+    keep: list[str] = field(default_factory=lambda: ["test"])  # splits kept as they are (their patients too)
+    val_fraction: float = 0.2  # share of the other patients moved to val
+    test_fraction: float = 0.0  # share of the other patients moved to test
+    seed: int = 0
+
+
+def resplit(table: pd.DataFrame, cfg: SplitConfig) -> pd.Series:
+    """New splits of ``table``'s rows: rows in ``cfg.keep`` keep theirs, the other patients are drawn again."""
+    fixed = table["split"].astype("string").where(table["split"].isin(cfg.keep))
+    return patient_split(
+        patient_keys(table), seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, fixed=fixed
+    )
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    """``mvmlm split``: write a re-split copy of a table (every command then reads that split)."""
+    from mvmlm.commands import SPLIT
+    from mvmlm.data import schema
+
+    cfg = SPLIT.parse(argv)
+    source, out = Path(cfg.table), Path(cfg.out)
+    if source.resolve() == out.resolve():
+        raise ConfigError(f"out: {out} is the input table; write the re-split table to another file")
+    table = schema.read_table(source)
+    table["split"] = resplit(table, cfg)
+    if "cache_path" in table.columns:  # relative to the table's folder: keep them pointing at the same files
+        table["cache_path"] = [
+            os.path.relpath(source.parent.resolve() / p, out.parent.resolve()) for p in table["cache_path"]
+        ]
+    schema.write_table(table, out)
+    counts = table.drop_duplicates(["dataset", "patient_id"])["split"].value_counts().to_dict()
+    log.info("%s: patients per split %s -> %s", source, counts, out)
+    return table

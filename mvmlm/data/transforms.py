@@ -11,23 +11,16 @@ which a DataLoader seeds per worker from its own generator, so seeded loaders ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from mvmlm.config import AugmentConfig
+
 __all__ = ["AugmentConfig", "RandomAffine", "build_transform"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class AugmentConfig:
-    degrees: float = 10.0  # rotation drawn from [-degrees, degrees]
-    translate: float = 0.05  # shift drawn from [-translate, translate] x image size, per axis
-    scale: list[float] = field(default_factory=lambda: [0.95, 1.05])  # zoom range [low, high]
-    hflip: float = 0.0  # probability of a horizontal flip (the hybrid paper used 0.5)
 
 
 class RandomAffine:
@@ -59,9 +52,14 @@ class RandomAffine:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         params = self.sample(*image.shape[-2:])
         out = F.affine(
-            image, angle=params["angle"], translate=params["translate"], scale=params["scale"], shear=[0.0, 0.0],
-            interpolation=InterpolationMode.BILINEAR, fill=0.0,
-        )  # fmt: skip
+            image,
+            angle=params["angle"],
+            translate=params["translate"],
+            scale=params["scale"],
+            shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+            fill=0.0,
+        )
         return F.horizontal_flip(out) if params["flip"] else out
 
 
@@ -72,5 +70,5 @@ def _identity(image: torch.Tensor) -> torch.Tensor:
 def build_transform(
     train: bool, cfg: AugmentConfig | None = None, generator: torch.Generator | None = None
 ) -> Transform:
-    """The training augmentation, or the identity for evaluation."""
-    return RandomAffine(cfg, generator) if train else _identity
+    """The training augmentation (when ``cfg.enabled``), or the identity for evaluation."""
+    return RandomAffine(cfg, generator) if train and (cfg is None or cfg.enabled) else _identity

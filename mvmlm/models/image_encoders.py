@@ -24,10 +24,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mvmlm.registry import Registry, UnknownNameError
+
 __all__ = [
-    "ImageEncoder", "TimmEncoder", "register_image_encoder", "create_image_encoder", "image_encoder_names",
+    "ImageEncoder",
+    "TimmEncoder",
+    "register_image_encoder",
+    "create_image_encoder",
+    "image_encoder_names",
     "image_encoder_accepts",
-]  # fmt: skip
+]
 
 
 class ImageEncoder(nn.Module):
@@ -50,27 +56,15 @@ class ImageEncoder(nn.Module):
         raise NotImplementedError
 
 
-_IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {}
-
-
-def register_image_encoder(name: str) -> Callable[[Callable[..., ImageEncoder]], Callable[..., ImageEncoder]]:
-    """Register ``fn(**kwargs) -> ImageEncoder`` under ``name``.
-
-    A name ending in ``:`` is a family: ``create_image_encoder("family:variant", **kw)`` calls ``fn(variant, **kw)``.
-    """
-
-    def add(fn: Callable[..., ImageEncoder]) -> Callable[..., ImageEncoder]:
-        if name in _IMAGE_ENCODERS:
-            raise ValueError(f"image encoder {name!r} registered twice")
-        _IMAGE_ENCODERS[name] = fn
-        return fn
-
-    return add
+#: name -> ``fn(**kwargs) -> ImageEncoder``; a name ending in ``:`` is a family: ``create_image_encoder(
+#: "family:variant", **kw)`` calls ``fn(variant, **kw)``
+IMAGE_ENCODERS: Registry[Callable[..., ImageEncoder]] = Registry("image encoder")
+register_image_encoder = IMAGE_ENCODERS.register
 
 
 def image_encoder_names() -> list[str]:
     """The registered names (families shown as ``family:<name>``)."""
-    return sorted(f"{name}<name>" if name.endswith(":") else name for name in _IMAGE_ENCODERS)
+    return sorted(f"{name}<name>" if name.endswith(":") else name for name in IMAGE_ENCODERS)
 
 
 def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
@@ -80,19 +74,22 @@ def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
         ValueError: unknown name, listing the known ones.
     """
     family, sep, variant = name.partition(":")
-    build = _IMAGE_ENCODERS.get(family + sep)
-    if build is None or (sep and not variant):
-        raise ValueError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
+    build = _builder(name)
+    if sep and not variant:
+        raise UnknownNameError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
     return build(variant, **kwargs) if sep else build(**kwargs)
+
+
+def _builder(name: str) -> Callable[..., ImageEncoder]:
+    family, sep, _ = name.partition(":")
+    if family + sep not in IMAGE_ENCODERS:
+        raise UnknownNameError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
+    return IMAGE_ENCODERS.get(family + sep)
 
 
 def image_encoder_accepts(name: str, argument: str) -> bool:
     """Whether the encoder registered as ``name`` takes keyword ``argument`` (e.g. ``pretrained``)."""
-    family, sep, _ = name.partition(":")
-    build = _IMAGE_ENCODERS.get(family + sep)
-    if build is None:
-        raise ValueError(f"unknown image encoder {name!r}; known: {', '.join(image_encoder_names())}")
-    parameters = inspect.signature(build).parameters
+    parameters = inspect.signature(_builder(name)).parameters
     return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 

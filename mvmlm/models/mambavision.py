@@ -38,9 +38,16 @@ from mvmlm.models.vssm import SeqMoEGate
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "SIZES", "ConvBlock", "MambaMixer", "WindowAttention", "HybridBlock", "HybridStage", "MambaVisionHybrid",
-    "window_partition", "window_reverse",
-]  # fmt: skip
+    "SIZES",
+    "ConvBlock",
+    "MambaMixer",
+    "WindowAttention",
+    "HybridBlock",
+    "HybridStage",
+    "MambaVisionHybrid",
+    "window_partition",
+    "window_reverse",
+]
 
 #: size -> depths (4 stages), stem width (in_dim), stage-1 width (dim, doubled per stage), heads, layer scale
 SIZES: dict[str, dict] = {
@@ -84,9 +91,12 @@ class ConvBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU(approximate="tanh"),
-            nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim),
-        )  # fmt: skip
+            nn.Conv2d(dim, dim, 3, padding=1),
+            nn.BatchNorm2d(dim),
+            nn.GELU(approximate="tanh"),
+            nn.Conv2d(dim, dim, 3, padding=1),
+            nn.BatchNorm2d(dim),
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,10 +151,16 @@ class MambaMixer(nn.Module):
         dt, b, c = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # the bias enters as delta_bias
         y = selective_scan(
-            x.float(), dt.float(), -torch.exp(self.A_log.float()), b.transpose(1, 2).float(),
-            c.transpose(1, 2).float(), D=self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x.float(),
+            dt.float(),
+            -torch.exp(self.A_log.float()),
+            b.transpose(1, 2).float(),
+            c.transpose(1, 2).float(),
+            D=self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
             backend=self.scan_backend,
-        ).to(z.dtype)  # fmt: skip
+        ).to(z.dtype)
         return self.out_proj(torch.cat([y, z], dim=1).transpose(1, 2))
 
 
@@ -321,20 +337,32 @@ class MambaVisionHybrid(ImageEncoder):
         layer_scale = layer_scale if layer_scale is not None else preset["layer_scale"]
         windows = [window_size] * 2 if isinstance(window_size, int) else list(window_size)
         if len(depths) != 4 or len(heads) != 4 or len(windows) != 2 or min(depths) < 1:
-            raise ValueError(f"mambavision_hybrid: need 4 positive depths, 4 heads and 2 windows, got depths={depths} "
-                             f"heads={heads} window_size={window_size}")  # fmt: skip
+            raise ValueError(
+                f"mambavision_hybrid: need 4 positive depths, 4 heads and 2 windows, got depths={depths} "
+                f"heads={heads} window_size={window_size}"
+            )
         if not 0 <= freeze_stages <= 4:
             raise ValueError(f"mambavision_hybrid: freeze_stages must be in 0..4, got {freeze_stages}")
         self.in_chans, self.freeze_stages = in_chans, freeze_stages
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(in_dim), nn.ReLU(),
-            nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(in_dim),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(),
+        )
         rates = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]  # rising linearly
         bounds = [sum(depths[:i]) for i in range(5)]
         widths = [dim * 2**i for i in range(4)]
-        block = dict(mlp_ratio=mlp_ratio, layer_scale=layer_scale, d_state=d_state, d_conv=d_conv, expand=expand,
-                     scan_backend=scan_backend)  # fmt: skip
+        block = dict(
+            mlp_ratio=mlp_ratio,
+            layer_scale=layer_scale,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            scan_backend=scan_backend,
+        )
         rates = [rates[bounds[i] : bounds[i + 1]] for i in range(4)]
         self.stages = nn.ModuleList([_ConvStage(widths[i], depths[i], rates[i]) for i in range(2)])
         for i in (2, 3):
@@ -347,8 +375,11 @@ class MambaVisionHybrid(ImageEncoder):
         if pretrained_path:
             self.load_pretrained(pretrained_path, pretrained_prefix)
         elif freeze_stages:
-            log.warning("mambavision_hybrid: freezing %d randomly initialised stage(s); give pretrained_path, or set "
-                        "freeze_stages=0 to train them", freeze_stages)  # fmt: skip
+            log.warning(
+                "mambavision_hybrid: freezing %d randomly initialised stage(s); give pretrained_path, or set "
+                "freeze_stages=0 to train them",
+                freeze_stages,
+            )
         for stage in self.stages[:freeze_stages]:
             stage.requires_grad_(False)
 
@@ -372,8 +403,10 @@ class MambaVisionHybrid(ImageEncoder):
         except RuntimeError as exc:  # shape mismatches
             raise ValueError(f"mambavision_hybrid: {path} does not fit this architecture: {exc}") from None
         if missing or unexpected:
-            raise ValueError(f"mambavision_hybrid: {path} does not fit this architecture: {len(missing)} missing "
-                             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")  # fmt: skip
+            raise ValueError(
+                f"mambavision_hybrid: {path} does not fit this architecture: {len(missing)} missing "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
 
     def train(self, mode: bool = True) -> MambaVisionHybrid:
         """Frozen stages stay in eval mode (fixed BatchNorm statistics)."""

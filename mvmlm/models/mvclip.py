@@ -3,7 +3,8 @@
 Image tower = a registered image encoder + a token transformer (which ends in the projection to ``embed_dim``).
 Text tower = a frozen Hugging Face encoder (or its cached hidden states) + its own token transformer. A checkpoint
 is a directory with ``model.safetensors`` and ``config.yaml``; the frozen text encoder's weights are not stored in
-it, only its name and revision::
+it, only its name and revision. The config dataclasses live in the torch-free :mod:`mvmlm.models.configs`
+(re-exported here)::
 
     model = MVCLIP(MVCLIPConfig())
     model.save("runs/pretrain/final")
@@ -15,68 +16,27 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvmlm.checkpoint import load_checkpoint_config, load_weights, save_checkpoint
+from mvmlm.models.configs import ImageTowerConfig, MVCLIPConfig, TextTowerConfig, TokenConfig
 from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder
-from mvmlm.models.text_encoders import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_REVISION, FrozenTextEncoder, TextFeatureCache
+from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.models.token_transformer import TokenTransformer
 
 __all__ = [
-    "ImageTowerConfig", "TextTowerConfig", "TokenConfig", "MVCLIPConfig", "ImageTower", "MVCLIP", "load_image_tower",
-]  # fmt: skip
-
-
-@dataclass
-class ImageTowerConfig:
-    """The image encoder and the image size its token map is built for.
-
-    ``encoder_kwargs`` go to ``create_image_encoder`` (e.g. ``in_chans``, ``pretrained``, ``pretrained_path``);
-    keys starting with ``pretrained`` only choose initial weights and are dropped when a checkpoint is loaded.
-    """
-
-    encoder: str = "resnet34"
-    encoder_kwargs: dict[str, Any] = field(default_factory=lambda: {"in_chans": 1})
-    image_size: list[int] = field(default_factory=lambda: [1520, 912])  # (H, W)
-
-
-@dataclass
-class TextTowerConfig:
-    """The frozen text encoder, referenced by name and revision (its weights are not saved with MV-CLIP)."""
-
-    model: str = DEFAULT_TEXT_MODEL
-    revision: str | None = DEFAULT_TEXT_REVISION
-    max_length: int = 256
-    dtype: str = "float32"
-    hidden_size: int | None = None  # read from the model's config when None; saved with the checkpoint
-
-
-@dataclass
-class TokenConfig:
-    """Token transformer shape, shared by both towers (MV-MLM: 256 tokens, 4 layers, 8 heads)."""
-
-    num_tokens: int = 256
-    width: int = 512
-    depth: int = 4
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-
-
-@dataclass
-class MVCLIPConfig:
-    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
-    text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    tokens: TokenConfig = field(default_factory=TokenConfig)
-    embed_dim: int = 512
-    logit_scale_init: float = 1 / 0.07
-    logit_scale_max: float = 100.0
+    "ImageTowerConfig",
+    "TextTowerConfig",
+    "TokenConfig",
+    "MVCLIPConfig",
+    "ImageTower",
+    "MVCLIP",
+    "load_image_tower",
+]
 
 
 class ImageTower(nn.Module):

@@ -20,16 +20,16 @@ from torch import Tensor
 
 from mvmlm.checkpoint import atomic_path
 from mvmlm.errors import InputError
+from mvmlm.models.configs import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_REVISION
 
 __all__ = [
-    "DEFAULT_TEXT_MODEL", "DEFAULT_TEXT_REVISION", "TextModelUnavailableError", "FrozenTextEncoder",
-    "TextFeatureCache", "text_hash",
-]  # fmt: skip
-
-DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
-# The hub snapshot holding config.json, vocab.txt and pytorch_model.bin, as seen in public HF-cache paths
-# (models--emilyalsentzer--Bio_ClinicalBERT/snapshots/<sha>); not re-checked against the hub (no network here).
-DEFAULT_TEXT_REVISION = "d5892b39a4adaed74b92212a44081509db72f87b"
+    "DEFAULT_TEXT_MODEL",
+    "DEFAULT_TEXT_REVISION",
+    "TextModelUnavailableError",
+    "FrozenTextEncoder",
+    "TextFeatureCache",
+    "text_hash",
+]
 
 
 class TextModelUnavailableError(OSError, InputError):

@@ -35,15 +35,27 @@ def write_tiny_text_model(
     directory.mkdir(parents=True, exist_ok=True)
     words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())})
     chars = sorted({c for w in words for c in w})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(c for c in chars if c not in words),
-             *(f"##{c}" for c in chars)]  # fmt: skip
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *words,
+        *(c for c in chars if c not in words),
+        *(f"##{c}" for c in chars),
+    ]
     (directory / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab))
     tokenizer = BertTokenizer.from_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=2 * hidden_size, max_position_embeddings=max_positions,
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         BertModel(config).save_pretrained(str(directory))

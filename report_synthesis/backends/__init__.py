@@ -9,13 +9,13 @@ dependencies (vLLM, torch) load only for the backend in use.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mvmlm.config import ConfigError
 from mvmlm.errors import InputError
+from mvmlm.registry import Registry
 from report_synthesis.facts import BreastFacts
 
 __all__ = [
@@ -37,8 +37,12 @@ __all__ = [
 ]
 
 #: backend name -> module that registers it (imported on first use)
-BACKEND_MODULES = {name: f"report_synthesis.backends.{name}" for name in ("vllm", "openai", "transformers", "template")}
-BACKENDS: dict[str, Callable[[BackendConfig], Backend]] = {}
+#: backend name -> ``factory(cfg: BackendConfig) -> Backend``; each module registers itself when first used
+BACKENDS: Registry[Callable[[BackendConfig], Backend]] = Registry(
+    "report backend",
+    lazy={name: f"report_synthesis.backends.{name}" for name in ("vllm", "openai", "transformers", "template")},
+)
+register_backend = BACKENDS.register
 
 
 class BackendUnavailable(ImportError, InputError):
@@ -122,26 +126,11 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[Request]) -> list[Generation]: ...
 
 
-def register_backend(name: str):
-    """Register ``factory(cfg: BackendConfig) -> Backend`` under ``name``."""
-
-    def add(factory):
-        if name in BACKENDS:
-            raise ValueError(f"report backend {name!r} registered twice")
-        BACKENDS[name] = factory
-        return factory
-
-    return add
-
-
 def create_backend(cfg: BackendConfig) -> Backend:
     """Build the backend named ``cfg.name`` (importing its module on first use)."""
-    if cfg.name not in BACKENDS and cfg.name in BACKEND_MODULES:
-        importlib.import_module(BACKEND_MODULES[cfg.name])
     if cfg.name not in BACKENDS:
-        known = sorted(set(BACKENDS) | set(BACKEND_MODULES))
-        raise ConfigError(f"key 'backend.name': unknown report backend {cfg.name!r}; known: {', '.join(known)}")
-    return BACKENDS[cfg.name](cfg)
+        raise ConfigError(f"key 'backend.name': unknown report backend {cfg.name!r}; known: {', '.join(BACKENDS)}")
+    return BACKENDS.get(cfg.name)(cfg)
 
 
 def require_model(cfg: BackendConfig) -> str:

@@ -169,9 +169,15 @@ def test_large_16_bit_right_breast_matches_a_float64_reference(tmp_path, voi, ph
         tags |= {"VOILUTSequence": pydicom.Sequence([item])}
     voi_function = voi if voi in ("LINEAR_EXACT", "SIGMOID") else None
     path = write(
-        tmp_path, pixels=pixels.astype(np.uint16), bits_stored=16, photometric=photometric, voi_function=voi_function,
-        window=(30000, 50000), laterality="R", extra_tags=tags,
-    )  # fmt: skip
+        tmp_path,
+        pixels=pixels.astype(np.uint16),
+        bits_stored=16,
+        photometric=photometric,
+        voi_function=voi_function,
+        window=(30000, 50000),
+        laterality="R",
+        extra_tags=tags,
+    )
     image, meta = read_mammogram(path)
     assert (meta.voi_function, meta.flipped, image.dtype, image.shape) == (voi, True, np.float32, (rows, cols))
     assert image.flags.c_contiguous
@@ -208,10 +214,17 @@ def test_right_breast_is_mirrored_to_chest_wall_left(tmp_path):
 def test_eight_bit_cmmd_like_file_with_view_only_in_view_code_sequence(tmp_path):
     pixels = phantom(bits=8)
     path = write(
-        tmp_path, pixels=pixels, bits_stored=8, voi_function="SIGMOID", window=(128, 256),
-        view="MLO", view_position=False, view_code_sequence=True, age=63,
+        tmp_path,
+        pixels=pixels,
+        bits_stored=8,
+        voi_function="SIGMOID",
+        window=(128, 256),
+        view="MLO",
+        view_position=False,
+        view_code_sequence=True,
+        age=63,
         extra_tags={"Laterality": None},
-    )  # fmt: skip
+    )
     image, meta = read_mammogram(path)
     assert "ViewPosition" not in pydicom.dcmread(path)
     assert (meta.view, meta.laterality, meta.bits_stored, meta.age) == ("MLO", "L", 8, 63.0)

@@ -12,8 +12,17 @@ SHAPE = (8, 6)
 
 
 def _row(image_id, laterality, view, exam="e1", patient="p1", **labels):
-    return {"dataset": "toy", "patient_id": patient, "exam_id": exam, "image_id": image_id,
-            "path": f"{image_id}.dcm", "laterality": laterality, "view": view, "split": "train", **labels}  # fmt: skip
+    return {
+        "dataset": "toy",
+        "patient_id": patient,
+        "exam_id": exam,
+        "image_id": image_id,
+        "path": f"{image_id}.dcm",
+        "laterality": laterality,
+        "view": view,
+        "split": "train",
+        **labels,
+    }
 
 
 @pytest.fixture
@@ -50,8 +59,14 @@ def test_exam_mask_marks_missing_views_and_missing_breasts(cached_table):
 
 
 def test_slot_choice_prefers_standard_views_then_smallest_id():
-    rows = [_row("c", "L", "CC"), _row("a", "L", "XCCL"), _row("b", "L", "CC"), _row("d", "L", "ML"),
-            _row("f", "L", "MLO"), _row("e", "L", "AT")]  # fmt: skip
+    rows = [
+        _row("c", "L", "CC"),
+        _row("a", "L", "XCCL"),
+        _row("b", "L", "CC"),
+        _row("d", "L", "ML"),
+        _row("f", "L", "MLO"),
+        _row("e", "L", "AT"),
+    ]
     table = pd.DataFrame(rows)
     for seed in range(3):  # the input order does not matter
         breast = build_breasts(table.sample(frac=1, random_state=seed)).iloc[0]

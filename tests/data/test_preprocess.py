@@ -14,8 +14,10 @@ from mvmlm.config import ConfigError
 from mvmlm.data import schema
 from mvmlm.data.preprocess import (
     FAILURES_FILE,
+    ROI_TABLE_FILE,
     TABLE_FILE,
     PreprocessParams,
+    RoiParams,
     breast_bbox,
     cache_folder,
     load_cached,
@@ -25,7 +27,7 @@ from mvmlm.data.preprocess import (
     read_cached_table,
     resize_pad,
     save_cached,
-)  # fmt: skip
+)
 
 SMALL = PreprocessParams(height=48, width=32)
 
@@ -91,6 +93,34 @@ def test_cache_folder_is_keyed_by_every_parameter(tmp_path):
     keys = {cache_folder(tmp_path, p).name for p in variants}
     assert len(keys) == 4 and cache_folder(tmp_path, PreprocessParams(48, 32)).name.startswith("48x32-")
     assert cache_folder(tmp_path, SMALL) == cache_folder(tmp_path, PreprocessParams(height=48, width=32))
+
+
+def test_roi_parameters_key_the_cache_folder_only_when_crops_are_made():
+    unused = PreprocessParams(48, 32, roi=RoiParams(size=16))
+    crops = PreprocessParams(48, 32, roi=RoiParams(enabled=True, size=16))
+    wider = PreprocessParams(48, 32, roi=RoiParams(enabled=True, size=16, margin=0.5))
+    assert unused.key() == SMALL.key()  # caches made before crops existed keep their folder
+    assert len({SMALL.key(), crops.key(), wider.key()}) == 3 and crops.key().startswith("48x32-")
+
+
+def test_command_with_roi_writes_crops_and_their_table_beside_the_images(synthetic_dataset, tmp_path):
+    from mvmlm.data.roi import lesion_crop
+    from mvmlm.data.sources import cbis_ddsm
+
+    root, _ = synthetic_dataset("cbis_ddsm")
+    table = cbis_ddsm.read(root)
+    schema.write_table(table, tmp_path / "table.parquet")
+    roi = ["roi.enabled=true", "roi.size=16", "roi.min_side=8"]
+    args = [f"--table={tmp_path / 'table.parquet'}", f"--root={root}", f"--out={tmp_path}", "height=48", "width=32"]
+    metrics = main([*args, *roi, "--workers=2"])
+    folder = Path(metrics["folder"])
+    assert folder == cache_folder(tmp_path, PreprocessParams(48, 32, roi=RoiParams(True, 16, min_side=8)))
+    assert metrics["crops"] == metrics["cached"] == len(table) and metrics["crop_table"] == str(folder / ROI_TABLE_FILE)
+    crops = read_cached_table(folder / ROI_TABLE_FILE).set_index("image_id")
+    row = table.iloc[3]
+    expected = lesion_crop(row, root, RoiParams(size=16, min_side=8))
+    assert np.abs(load_cached(crops.loc[row["image_id"], "cache_path"]) - expected).max() <= 0.5 / 65535 + 1e-7
+    assert "roi:\n  enabled: true" in (folder / "config.yaml").read_text()  # the cache records its crop parameters
 
 
 @pytest.fixture
@@ -160,8 +190,13 @@ main(sys.argv[1:])
 def test_killed_run_resumes_with_every_image_cached_exactly_once(synthetic_dataset, tmp_path):
     root, table = synthetic_dataset("vindr")
     schema.write_table(table, tmp_path / "table.parquet")
-    args = [f"--table={tmp_path / 'table.parquet'}", f"--root={root}", f"--out={tmp_path / 'cache'}", "height=48",
-            "width=32"]  # fmt: skip
+    args = [
+        f"--table={tmp_path / 'table.parquet'}",
+        f"--root={root}",
+        f"--out={tmp_path / 'cache'}",
+        "height=48",
+        "width=32",
+    ]
     folder = cache_folder(tmp_path / "cache", SMALL)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""Lesion crops: CBIS-DDSM ROI masks and VinDr boxes -> canonical boxes -> cached crops."""
+"""Lesion crops: CBIS-DDSM ROI masks and VinDr boxes -> canonical boxes -> crops cached in the image cache folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import pytest
 
 from mvmlm.config import ConfigError
 from mvmlm.data import dicom
-from mvmlm.data.preprocess import load_cached
-from mvmlm.data.roi import RoiParams, lesion_boxes, lesion_crop, roi_cache_table, square_box, union_box
+from mvmlm.data.preprocess import NotCachedError, load_cached
+from mvmlm.data.roi import (
+    RoiParams,
+    cache_crops,
+    lesion_boxes,
+    lesion_crop,
+    read_crop_table,
+    square_box,
+    union_box,
+)
 from mvmlm.data.sources import cbis_ddsm
 from mvmlm.data.synthetic.truth import sample_exams
 
@@ -64,13 +72,16 @@ def test_cbis_crop_files_can_be_the_crop_source(cbis):
 
 
 def test_vindr_boxes_are_mirrored_with_the_image_and_clipped():
-    row = pd.Series({
-        "dataset": "vindr", "image_id": "x",
-        "boxes": [
-            {"finding": "Mass", "xmin": -5.0, "ymin": 90.0, "xmax": 10.0, "ymax": 130.0},  # crosses two edges
-            {"finding": "Mass", "xmin": 200.0, "ymin": 10.0, "xmax": 220.0, "ymax": 20.0},  # wholly outside
-        ],
-    })  # fmt: skip
+    row = pd.Series(
+        {
+            "dataset": "vindr",
+            "image_id": "x",
+            "boxes": [
+                {"finding": "Mass", "xmin": -5.0, "ymin": 90.0, "xmax": 10.0, "ymax": 130.0},  # crosses two edges
+                {"finding": "Mass", "xmin": 200.0, "ymin": 10.0, "xmax": 220.0, "ymax": 20.0},  # wholly outside
+            ],
+        }
+    )
     assert lesion_boxes(row, ".", (100, 80), flipped=False) == [(90, 100, 0, 10)]
     assert lesion_boxes(row, ".", (100, 80), flipped=True) == [(90, 100, 70, 80)]
     assert lesion_boxes(row.drop("boxes"), ".", (100, 80), flipped=False) == []
@@ -86,26 +97,39 @@ def test_cache_skips_images_without_roi_and_records_them(cbis, tmp_path):
     root, table = cbis
     table = table.copy()
     table.loc[0, "roi_path"] = ""
-    cached = roi_cache_table(table, root, tmp_path, RoiParams(**SMALL), progress=False)
-    folder = tmp_path / RoiParams(**SMALL).key()
-    failures = pd.read_csv(folder / "failures.csv")
+    cached = cache_crops(table, root, tmp_path / "a", RoiParams(**SMALL), progress=False)
+    failures = pd.read_csv(tmp_path / "a" / "roi_failures.csv")
     assert failures["image_id"].tolist() == [table.loc[0, "image_id"]] and "no lesion ROI" in failures["error"][0]
-    assert len(cached) == len(table) - 1 and (folder / "table.parquet").is_file()
+    assert len(cached) == len(table) - 1
     assert load_cached(cached["cache_path"][0]).shape == (32, 32)
-    whole = roi_cache_table(table, root, tmp_path, RoiParams(**SMALL, missing="whole"), progress=False)
+    whole = cache_crops(table, root, tmp_path / "b", RoiParams(**SMALL, missing="whole"), progress=False)
     assert len(whole) == len(table)
+
+
+def test_crop_table_lies_beside_the_image_table_with_relative_paths(cbis, tmp_path):
+    root, table = cbis
+    cached = cache_crops(table, root, tmp_path / "cache", RoiParams(**SMALL), progress=False)
+    stored = pd.read_parquet(tmp_path / "cache" / "roi_table.parquet")
+    assert stored["cache_path"].str.startswith("crops/").all()
+    read = read_crop_table(tmp_path / "cache" / "table.parquet")
+    assert read["cache_path"].tolist() == cached["cache_path"].tolist()
+
+
+def test_a_cache_without_crops_names_the_preprocess_option(tmp_path):
+    with pytest.raises(NotCachedError, match="roi.enabled=true"):
+        read_crop_table(tmp_path / "table.parquet")
 
 
 def test_cache_reuses_existing_crops(cbis, tmp_path, monkeypatch):
     root, table = cbis
     params = RoiParams(**SMALL)
-    first = roi_cache_table(table.head(2), root, tmp_path, params, progress=False)
+    first = cache_crops(table.head(2), root, tmp_path, params, progress=False)
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached crop was recomputed")
 
     monkeypatch.setattr("mvmlm.data.roi.lesion_crop", fail)
-    again = roi_cache_table(table.head(2), root, tmp_path, params, progress=False)
+    again = cache_crops(table.head(2), root, tmp_path, params, progress=False)
     assert again["cache_path"].tolist() == first["cache_path"].tolist()
 
 
@@ -114,4 +138,3 @@ def test_bad_parameters_are_refused():
         RoiParams(source="boxes")
     with pytest.raises(ConfigError, match="margin"):
         RoiParams(margin=-1)
-    assert RoiParams(size=64).key() != RoiParams(size=64, margin=0.5).key()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from mvmlm.data.splits import DEFAULT_TEST_FRACTION, patient_split, source_less_split
@@ -61,3 +63,38 @@ def test_a_single_patient_stays_in_training():
 def test_no_validation_share_means_no_validation_patient():
     split = patient_split(pd.Series(["a", "b", "c"]), seed=0, val_fraction=0.0)
     assert (split == "train").all()
+
+
+def test_split_command_keeps_test_redraws_the_rest_and_keeps_cache_paths_valid(synthetic_dataset, tmp_path):
+    from mvmlm.cli import main as mvmlm
+    from mvmlm.data import schema
+    from mvmlm.data.preprocess import read_cached_table
+
+    _, truth = synthetic_dataset("vindr", exams=16)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    table = truth.assign(cache_path=[f"images/{i}.npy" for i in truth.image_id])
+    schema.write_table(table, cache / "table.parquet")
+    out = tmp_path / "elsewhere" / "resplit.parquet"
+    assert mvmlm(["split", "--table", str(cache / "table.parquet"), "--out", str(out), "val_fraction=0.5"]) == 0
+    resplit = read_cached_table(out)
+    found = dict(zip(resplit["image_id"], map(os.path.normpath, resplit["cache_path"]), strict=True))
+    assert found == {i: str(cache.resolve() / p) for i, p in zip(table["image_id"], table["cache_path"], strict=True)}
+    test = table["split"] == "test"
+    assert (resplit.loc[test, "split"] == "test").all() and not (resplit.loc[~test, "split"] == "test").any()
+    assert resplit.groupby("patient_id")["split"].nunique().max() == 1
+    trainval = resplit.loc[~test].drop_duplicates("patient_id")["split"].value_counts()
+    assert abs(trainval["val"] - trainval["train"]) <= 1  # half of the non-test patients
+    again = tmp_path / "again.parquet"
+    mvmlm(["split", "--table", str(cache / "table.parquet"), "--out", str(again), "val_fraction=0.5"])
+    assert schema.read_table(again)["split"].equals(schema.read_table(out)["split"])
+
+
+def test_split_command_refuses_to_overwrite_its_input(synthetic_dataset, tmp_path, capsys):
+    from mvmlm.cli import main as mvmlm
+    from mvmlm.data import schema
+
+    _, truth = synthetic_dataset("vindr", exams=4)
+    schema.write_table(truth, tmp_path / "t.parquet")
+    assert mvmlm(["split", "--table", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "t.parquet")]) == 2
+    assert "is the input table" in capsys.readouterr().err

@@ -21,14 +21,32 @@ def truth() -> pd.DataFrame:
 
 def _row(**changes) -> dict:
     """A normal left CC truth row (12 bits) with ``changes`` applied."""
-    row = dict(view="CC", laterality="L", density="B", malignant=0, mass=0, calcification=0, lesion_x=np.nan,
-               lesion_y=np.nan, lesion_size=np.nan, calc_distribution=None, bits_stored=12)  # fmt: skip
+    row = dict(
+        view="CC",
+        laterality="L",
+        density="B",
+        malignant=0,
+        mass=0,
+        calcification=0,
+        lesion_x=np.nan,
+        lesion_y=np.nan,
+        lesion_size=np.nan,
+        calc_distribution=None,
+        bits_stored=12,
+    )
     return {**row, **changes}
 
 
 def _lesion(malignant: int, mass: int, calcification: int, distribution: str | None = None) -> dict:
-    return _row(malignant=malignant, mass=mass, calcification=calcification, lesion_x=0.35, lesion_y=0.5,
-                lesion_size=0.14, calc_distribution=distribution)  # fmt: skip
+    return _row(
+        malignant=malignant,
+        mass=mass,
+        calcification=calcification,
+        lesion_x=0.35,
+        lesion_y=0.5,
+        lesion_size=0.14,
+        calc_distribution=distribution,
+    )
 
 
 def _lesion_window(image: np.ndarray, radius: float) -> np.ndarray:
@@ -91,8 +109,9 @@ def test_every_dataset_of_eight_exams_has_the_required_dicom_variety():
 
 def test_the_same_lesion_appears_in_cc_and_mlo_shifted_by_the_view(truth):
     lesioned = truth[truth["lesion_x"].notna()]
-    pairs = lesioned.pivot_table(index=["exam_id", "laterality"], columns="view",
-                                 values=["lesion_x", "lesion_y", "lesion_size"]).dropna()  # fmt: skip
+    pairs = lesioned.pivot_table(
+        index=["exam_id", "laterality"], columns="view", values=["lesion_x", "lesion_y", "lesion_size"]
+    ).dropna()
     assert len(pairs) > 20
     shift = np.subtract(VIEW_SHIFT["MLO"], VIEW_SHIFT["CC"])
     np.testing.assert_allclose(pairs["lesion_x"]["MLO"] - pairs["lesion_x"]["CC"], shift[0], atol=2e-4)

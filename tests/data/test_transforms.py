@@ -47,8 +47,12 @@ def test_eval_transform_is_the_identity():
     assert build_transform(False)(image) is image
 
 
-BAD_CONFIGS = [AugmentConfig(scale=[0.0, 1.0]), AugmentConfig(scale=[1.1, 0.9]), AugmentConfig(degrees=-1),
-               AugmentConfig(translate=1)]  # fmt: skip
+BAD_CONFIGS = [
+    AugmentConfig(scale=[0.0, 1.0]),
+    AugmentConfig(scale=[1.1, 0.9]),
+    AugmentConfig(degrees=-1),
+    AugmentConfig(translate=1),
+]
 
 
 @pytest.mark.parametrize("cfg", BAD_CONFIGS)

@@ -48,9 +48,14 @@ def random_checkpoint(downstream_data, tmp_path_factory) -> Path:
 #: pretraining of the margin test: a few dozen steps at a high learning rate; ResNet-style tiny encoder (its
 #: BatchNorm features learn within tens of steps, where the tiny ConvNeXt's layer-scaled blocks barely move)
 PRETRAIN_OVERRIDES = (
-    "model.image.encoder=timm:test_resnet", "train.max_steps=40", "optim.lr=1e-2", "optim.warmup_steps=3",
-    "eval.train_subset=0", "train.tracker=none", "data.val_split=val",
-)  # fmt: skip
+    "model.image.encoder=timm:test_resnet",
+    "train.max_steps=40",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=3",
+    "eval.train_subset=0",
+    "train.trackers=[]",
+    "data.val_split=val",
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +64,17 @@ def pretrained_checkpoint(downstream_data, tmp_path_factory) -> Path:
     from pretrain.train import main as pretrain
 
     out = tmp_path_factory.mktemp("pretrain") / "tiny"
-    pretrain(["--config", str(REPO / "configs/pretrain/tiny_cpu.yaml"), f"data.table={downstream_data.table}",
-              f"data.corpus={downstream_data.corpus}", f"model.text.model={downstream_data.text_model}",
-              "model.text.hidden_size=32", f"data.text_cache={downstream_data.text_cache}", f"out={out}",
-              *PRETRAIN_OVERRIDES])  # fmt: skip
+    pretrain(
+        [
+            "--config",
+            str(REPO / "configs/pretrain/tiny_cpu.yaml"),
+            f"data.table={downstream_data.table}",
+            f"data.corpus={downstream_data.corpus}",
+            f"model.text.model={downstream_data.text_model}",
+            "model.text.hidden_size=32",
+            f"data.text_cache={downstream_data.text_cache}",
+            f"out={out}",
+            *PRETRAIN_OVERRIDES,
+        ]
+    )
     return out / "model"

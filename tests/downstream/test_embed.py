@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import downstream.embed as embed
-from downstream.embed import (
+import downstream.common.embed as embed
+from downstream.common.embed import (
     EmbedConfig,
     EncoderConfig,
     breast_embeddings,
@@ -58,8 +58,10 @@ def test_random_init_is_the_same_architecture_seeded(table, random_checkpoint, t
     cfg = _cfg(tmp_path, cache="")
     subset = table.head(6)
     trained = image_embeddings(subset, EncoderConfig(checkpoint=str(random_checkpoint)), cfg).vectors
-    random = [image_embeddings(subset, EncoderConfig(checkpoint=str(random_checkpoint), init="random", seed=s), cfg)
-              for s in (1, 1, 2)]  # fmt: skip
+    random = [
+        image_embeddings(subset, EncoderConfig(checkpoint=str(random_checkpoint), init="random", seed=s), cfg)
+        for s in (1, 1, 2)
+    ]
     assert random[0].vectors.shape == trained.shape
     np.testing.assert_array_equal(random[0].vectors, random[1].vectors)
     assert not np.allclose(random[0].vectors, random[2].vectors)
@@ -67,8 +69,9 @@ def test_random_init_is_the_same_architecture_seeded(table, random_checkpoint, t
 
 
 def test_timm_random_encoder_gives_pooled_features(table, tmp_path):
-    out = image_embeddings(table.head(4), EncoderConfig(source="timm", name="timm:test_resnet", init="random"),
-                           _cfg(tmp_path))  # fmt: skip
+    out = image_embeddings(
+        table.head(4), EncoderConfig(source="timm", name="timm:test_resnet", init="random"), _cfg(tmp_path)
+    )
     assert out.vectors.shape == (4, 96) and np.isfinite(out.vectors).all()
 
 

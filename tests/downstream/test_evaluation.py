@@ -54,10 +54,19 @@ def test_validation_score_falls_back_to_log_loss_on_one_class():
 def test_results_tables_summarise_seeds(tmp_path):
     run = RunDir(tmp_path)
     records = [
-        {"encoder": e, "task": "mass", "fraction": f, "seed": s, "auc": a, "auc_low": a - 0.1, "auc_high": a + 0.1,
-         "f1_macro": 0.5, "balanced_accuracy": 0.5}
+        {
+            "encoder": e,
+            "task": "mass",
+            "fraction": f,
+            "seed": s,
+            "auc": a,
+            "auc_low": a - 0.1,
+            "auc_high": a + 0.1,
+            "f1_macro": 0.5,
+            "balanced_accuracy": 0.5,
+        }
         for e, f, s, a in [("mv", 0.1, 0, 0.8), ("mv", 0.1, 1, 0.9), ("random", 0.1, 0, 0.6), ("random", 0.1, 1, 0.6)]
-    ]  # fmt: skip
+    ]
     summary = write_results(run, records, ["encoder", "task", "fraction"])
     assert summary.auc_mean.tolist() == pytest.approx([0.85, 0.6])
     assert summary.auc_std.tolist() == pytest.approx([np.std([0.8, 0.9], ddof=1), 0.0])
@@ -74,10 +83,17 @@ def test_report_writes_tables_predictions_and_one_figure_per_setting(tmp_path):
     y, scores, patients = _binary()
     ids = [f"b{i}" for i in range(len(y))]
     evaluations = [
-        Evaluation({"encoder": e, "task": "mass", "fraction": 1.0, "seed": s}, y, np.clip(scores + 0.05 * s, 0, 1),
-                   patients, ids, ("no mass", "mass"))
-        for e in ("mv", "random") for s in (0, 1)
-    ]  # fmt: skip
+        Evaluation(
+            {"encoder": e, "task": "mass", "fraction": 1.0, "seed": s},
+            y,
+            np.clip(scores + 0.05 * s, 0, 1),
+            patients,
+            ids,
+            ("no mass", "mass"),
+        )
+        for e in ("mv", "random")
+        for s in (0, 1)
+    ]
     out = report(RunDir(tmp_path), evaluations, ["encoder", "task", "fraction"], n_resamples=50)
     assert len(out["results"]) == 4 and len(out["summary"]) == 2
     assert sorted(p.rsplit("/", 1)[1] for p in out["plots"]) == ["confusion_mass_1.0.png", "roc_mass_1.0.png"]

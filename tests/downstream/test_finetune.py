@@ -1,8 +1,11 @@
-"""Fine-tuning: selection on validation only (the test split is read once, after training), class weights, views."""
+"""Fine-tuning: selection on validation only (the test split is read once, after training), class weights, views,
+the saved model, resuming a sweep (finished units reused, an interrupted unit continued) and the config."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import shutil
 
 import numpy as np
@@ -10,19 +13,36 @@ import pandas as pd
 import pytest
 import torch
 
-import downstream.finetune as finetune
-from downstream.embed import EncoderConfig, build_backbone
-from downstream.finetune import BreastClassifier, class_weights, load_finetuned
-from downstream.tasks import DataConfig, load_breasts
+import downstream.finetune.run as finetune
+from downstream.common.config import DataConfig, EncoderConfig
+from downstream.common.embed import build_backbone
+from downstream.common.tasks import load_breasts
+from downstream.finetune.config import FinetuneConfig
+from downstream.finetune.model import BreastClassifier, class_weights, load_finetuned
+from mvmlm.config import ConfigError, build_config
 from mvmlm.data.exams import BreastDataset
 
 from .conftest import REPO
 
-TINY = str(REPO / "configs/downstream/tiny_finetune.yaml")
+TINY = str(REPO / "configs/finetune/tiny.yaml")
 
 
-def test_test_split_is_read_once_after_model_selection_on_validation(downstream_data, random_checkpoint, tmp_path,
-                                                                      monkeypatch):  # fmt: skip
+def _argv(downstream_data, checkpoint, out, *extra: str) -> list[str]:
+    """The tiny config on half the training patients (a unit of 4 batches per epoch)."""
+    return [
+        "--config",
+        TINY,
+        f"data.table={downstream_data.table}",
+        f"out={out}",
+        "fractions=[0.5]",
+        f"encoders.mvmlm.checkpoint={checkpoint}",
+        *extra,
+    ]
+
+
+def test_test_split_is_read_once_after_model_selection_on_validation(
+    downstream_data, random_checkpoint, tmp_path, monkeypatch
+):
     reads: list[str] = []
     original = finetune.predict
 
@@ -31,16 +51,41 @@ def test_test_split_is_read_once_after_model_selection_on_validation(downstream_
         return original(acc, model, loader)
 
     monkeypatch.setattr(finetune, "predict", recording)
-    metrics = finetune.main(["--config", TINY, f"data.table={downstream_data.table}", f"out={tmp_path / 'run'}",
-                             f"encoders.mvmlm.checkpoint={random_checkpoint}", "train.epochs=3", "train.patience=3",
-                             "bootstrap=20"])  # fmt: skip
+    metrics = finetune.main(
+        _argv(
+            downstream_data, random_checkpoint, tmp_path / "run", "train.epochs=3", "train.early_stop=3", "bootstrap=20"
+        )
+    )
     (result,) = metrics["results"]
-    runs = result["epochs_run"]
-    assert reads == ["val"] * runs + ["test"]
+    assert result["epochs_run"] == 3 and reads == ["val"] * 3 + ["test"]
     (history,) = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    scores = [epoch["val_score"] for epoch in history["history"]]
-    assert result["best_epoch"] == int(np.argmax(scores)) and result["val_score"] == max(scores)
-    assert (tmp_path / "run" / "plots" / "roc_mass_1.0.png").is_file()
+    scores = [record["val/auc"] for record in history["history"]]
+    assert result["best_epoch"] == int(np.argmax(scores)) + 1 and result["val_score"] == max(scores)
+    assert result["selected_by"] == "val/auc" and (tmp_path / "run" / "plots" / "roc_mass_0.5.png").is_file()
+    unit = tmp_path / "run" / "units" / "mvmlm_mass_0.5_0"
+    assert len((unit / "val_log.jsonl").read_text().splitlines()) == 3
+    assert not (unit / "checkpoints").exists() and not (unit / "best").exists()  # a finished unit keeps its logs
+
+
+def test_without_a_finite_validation_score_the_final_weights_are_kept(
+    downstream_data, random_checkpoint, tmp_path, monkeypatch, caplog
+):
+    reads: list[str] = []
+    original = finetune.predict
+
+    def recording(acc, model, loader):
+        reads.append(loader.dataset.split)
+        return original(acc, model, loader)
+
+    monkeypatch.setattr(finetune, "predict", recording)
+    monkeypatch.setattr(finetune, "validation_metrics", lambda y, scores: {"val/auc": math.nan})
+    with caplog.at_level(logging.WARNING):
+        metrics = finetune.main(
+            _argv(downstream_data, random_checkpoint, tmp_path / "run", "train.epochs=2", "bootstrap=0", "plots=false")
+        )
+    (result,) = metrics["results"]
+    assert result["epochs_run"] == 2 and result["best_epoch"] is None and result["val_score"] is None
+    assert reads == ["val", "val", "test"] and "no finite val/auc" in caplog.text
 
 
 def test_class_weights_balance_the_training_labels():
@@ -67,10 +112,13 @@ def test_saved_fine_tuned_model_is_self_contained_and_reproduces_the_test_predic
     downstream_data, random_checkpoint, tmp_path
 ):
     run = tmp_path / "run"
-    finetune.main(["--config", TINY, f"data.table={downstream_data.table}", f"out={run}", "save_models=true",
-                   f"encoders.mvmlm.checkpoint={random_checkpoint}", "train.epochs=2", "bootstrap=0"])  # fmt: skip
+    finetune.main(
+        _argv(
+            downstream_data, random_checkpoint, run, "save_models=true", "train.epochs=2", "bootstrap=0", "plots=false"
+        )
+    )
     (saved,) = (run / "models").iterdir()
-    assert saved.name == "mvmlm_mass_1.0_0"
+    assert saved.name == "mvmlm_mass_0.5_0"
     moved = shutil.move(saved, tmp_path / "elsewhere")  # needs nothing from the run or the pretraining folder
     model, config = load_finetuned(moved)
     assert config.task == "mass" and config.class_names == ["no mass", "mass"] and config.encoder.init == "random"
@@ -83,11 +131,9 @@ def test_saved_fine_tuned_model_is_self_contained_and_reproduces_the_test_predic
     np.testing.assert_allclose(scores, [s[0] for s in expected["scores"]], rtol=1e-4, atol=1e-5)
 
 
-def test_an_interrupted_sweep_resumes_from_its_finished_runs(downstream_data, random_checkpoint, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_an_interrupted_sweep_resumes_from_its_finished_runs(downstream_data, random_checkpoint, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    argv = ["--config", TINY, f"data.table={downstream_data.table}", f"out={run}", "seeds=[0,1]", "train.epochs=1",
-            f"encoders.mvmlm.checkpoint={random_checkpoint}", "bootstrap=0", "plots=false"]  # fmt: skip
+    argv = _argv(downstream_data, random_checkpoint, run, "seeds=[0,1]", "train.epochs=1", "bootstrap=0", "plots=false")
     original, calls = finetune.finetune_one, []
 
     def counted(*args, **kwargs):
@@ -101,10 +147,75 @@ def test_an_interrupted_sweep_resumes_from_its_finished_runs(downstream_data, ra
         finetune.main(argv)
     (finished,) = (run / "finished").iterdir()
     first = json.loads(finished.read_text())["result"]
-    metrics = finetune.main([*argv, "resume=true"])
+    metrics = finetune.main([*argv, "--resume", "latest"])
     assert len(calls) == 3 and len(metrics["results"]) == 2  # only the unfinished seed trains again
     seed0 = pd.read_parquet(run / "predictions.parquet").query("seed == 0")
     np.testing.assert_allclose([s[0] for s in seed0["scores"]], first["scores"])
-    assert finished.name == "mvmlm_mass_1.0_0.json" and len(list((run / "finished").iterdir())) == 2
-    finetune.main([*argv, "resume=true", "optim.lr=0.01"])  # other settings: nothing is reused
+    assert finished.name == "mvmlm_mass_0.5_0.json" and len(list((run / "finished").iterdir())) == 2
+    finetune.main([*argv, "train.resume=latest", "optim.lr=0.01"])  # other settings: nothing is reused
     assert len(calls) == 5
+
+
+def test_an_interrupted_unit_continues_from_its_checkpoint(downstream_data, random_checkpoint, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    argv = _argv(downstream_data, random_checkpoint, run, "train.epochs=2", "bootstrap=0", "plots=false")
+    original, evaluations = finetune.validation_metrics, []
+
+    def interrupted(y, scores):
+        evaluations.append(1)
+        if len(evaluations) == 2:  # killed at the end of epoch 2, after the checkpoint of epoch 1
+            raise KeyboardInterrupt
+        return original(y, scores)
+
+    monkeypatch.setattr(finetune, "validation_metrics", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(argv)
+    first = json.loads((run / "units" / "mvmlm_mass_0.5_0" / "val_log.jsonl").read_text())
+    with pytest.raises(ConfigError, match="resume=latest"):  # a new run would overwrite the unfinished one
+        finetune.main(argv)
+    (result,) = finetune.main([*argv, "--resume", "latest"])["results"]
+    assert len(evaluations) == 3  # only epoch 2 trained (and was evaluated) again
+    (history,) = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert result["epochs_run"] == 2 and history["history"][0] == first
+    assert [r["epoch"] for r in history["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("train.patience=5", "train.early_stop"),
+        ("train.select_metric=auc", "train.select"),
+        ("train.cpu=true", "train.device=cpu"),
+        ("train.augment_params.degrees=3", "data.augment"),
+        ("train.batch_size=4", "data.batch_size"),
+        ("resume=true", "train.resume"),
+    ],
+)
+def test_old_keys_name_their_replacement(old, new):
+    with pytest.raises(ConfigError, match=f"renamed: use {new}"):
+        finetune.main(["data.table=x", old])
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("train.resume=true", "none or latest"),
+        ("train.resume=/some/checkpoint", "none or latest"),
+        ("train.select=auc", "val/auc"),
+        ("train.seed=3", "seeds="),
+    ],
+)
+def test_settings_fine_tuning_cannot_use_are_refused(value, refused):
+    with pytest.raises(ConfigError, match=refused):
+        finetune.main(["data.table=x", "encoders.a.source=timm", value])
+
+
+@pytest.mark.parametrize("name", ["vindr", "rsna", "tiny"])
+def test_shipped_configs_load(name):
+    cfg = build_config(
+        FinetuneConfig,
+        [REPO / f"configs/finetune/{name}.yaml"],
+        ["data.table=t.parquet", "encoders.mvmlm.checkpoint=ckpt"],
+    )
+    finetune.check_config(cfg)
+    assert cfg.train.select == "val/auc" and cfg.encoders["mvmlm"].checkpoint == "ckpt"

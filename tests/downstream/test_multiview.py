@@ -10,33 +10,32 @@ import pandas as pd
 import pytest
 import torch
 
-from downstream.multiview import main, summary_lines
-from downstream.multiview_data import class_weights, exam_targets
-from downstream.multiview_grid import GridConfig, plan_runs
-from downstream.multiview_model import VIEWS
-from downstream.multiview_train import MultiviewConfig, build, load_classifier, make_accelerator
+from downstream.multiview.config import GridConfig, MultiviewConfig
+from downstream.multiview.data import class_weights, load_splits, make_loader
+from downstream.multiview.grid import main as grid_main
+from downstream.multiview.grid import plan_runs, run_settings
+from downstream.multiview.model import VIEWS
+from downstream.multiview.run import main
+from downstream.multiview.train import MultiTaskLoss, load_classifier
 from mvmlm.config import ConfigError, build_config
 from mvmlm.data.exams import build_exams
 from mvmlm.data.preprocess import PreprocessParams, cache_folder, preprocess_table, read_cached_table
-from mvmlm.rundir import RunDir
+from mvmlm.data.splits import patient_split
+from mvmlm.sweep import settings_key
 
-TINY = Path(__file__).resolve().parents[2] / "configs" / "downstream" / "multiview" / "tiny.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "multiview"
+TINY = CONFIGS / "tiny.yaml"
 #: small inputs for the tests that check mechanics rather than learning
 SMALL = ["data.image_size=[48,32]", "eval.bootstrap=0", "eval.plots=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def table(synthetic_dataset, tmp_path_factory) -> str:
-    """64 synthetic VinDr exams (lesions planted; VinDr has no pathology, so labels use BI-RADS 4-5) cached 96x64."""
+    """64 synthetic VinDr exams (lesions planted; VinDr has no pathology, so labels use BI-RADS 4-5) cached 96x64,
+    VinDr's test split kept and the other patients split 70 / 30 into train / val (as `mvmlm split` would)."""
     root, truth = synthetic_dataset("vindr", exams=64, seed=0)
+    test = truth["split"].where(truth["split"].eq("test"))
+    truth = truth.assign(split=patient_split(truth["patient_id"], seed=0, val_fraction=0.3, fixed=test))
     cache = tmp_path_factory.mktemp("multiview_cache")
     params = PreprocessParams(height=96, width=64)
     preprocess_table(truth, root, cache, params, workers=1, progress=False)
@@ -47,15 +46,20 @@ def _args(table: str, out: Path, *extra: str) -> list[str]:
     return ["--config", str(TINY), f"data.table={table}", "data.label_from=birads_4_5", f"out={out}", *extra]
 
 
+def _steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
 def test_classifier_learns_planted_lesions(table, tmp_path):
-    results = main(_args(table, tmp_path, "eval.bootstrap=50"))  # tiny.yaml: 6 epochs, 96x64 inputs
+    results = main(_args(table, tmp_path, "eval.splits=[test]", "eval.bootstrap=20"))  # tiny.yaml: 6 epochs, 96x64
     test = results["eval"]["test"]["tasks"]["label"]["pooled"]
-    assert results["eval"]["val"]["headline"]["label_auc"] > 0.7  # selected on val: optimistic
+    scores = [h["val/score"] for h in results["history"]]
+    assert len(scores) == 6 and results["best_epoch"] == 1 + int(np.argmax(scores))
+    assert results["history"][results["best_epoch"] - 1]["val/label_auc"] > 0.7  # selected on val: optimistic
     assert test["auc"] > 0.65 and test["n"] >= 20  # held-out test split (chance: 0.5)
     assert test["auc_low"] <= test["auc"] <= test["auc_high"]
-    assert results["best_epoch"] == 1 + int(np.argmax([h["val_score"] for h in results["history"]]))
-    lines = summary_lines(results, "test")
-    assert "label" in lines[1] and all(view in lines[-1] for view in VIEWS)
+    lines = results["summary_lines"]
+    assert "(test split)" in lines[0] and "label" in lines[1] and all(view in lines[-1] for view in VIEWS)
 
     predictions = pd.read_csv(tmp_path / "predictions_test.csv")
     alpha = predictions[[f"attention_{v}" for v in VIEWS]].to_numpy()
@@ -73,59 +77,89 @@ def test_classifier_learns_planted_lesions(table, tmp_path):
 
 
 def test_class_weights_come_from_the_training_split(table, tmp_path):
-    overrides = [f"data.table={table}", "data.label_from=birads_4_5", f"out={tmp_path}", *SMALL]
-    cfg = build_config(MultiviewConfig, [TINY], overrides)
-    accelerator = make_accelerator(cfg)
-    session = build(cfg, accelerator, RunDir.create(cfg.out, cfg))
-    train = session.exams["train"]
-    all_exams = pd.concat(session.exams.values())
-    for task in cfg.task.tasks:
-        used = getattr(session.loss, f"class_weight_{task}")
-        k = len(used)
-        expected = class_weights(exam_targets(train, cfg.task, cfg.data.label_from)[task], k)
-        everything = class_weights(exam_targets(all_exams, cfg.task, cfg.data.label_from)[task], k)
-        assert torch.allclose(used, expected)
-        assert not torch.allclose(used, everything)
-    assert set(train["patient_id"]).isdisjoint(session.exams["val"]["patient_id"])
-    accelerator.end_training()
+    results = main(_args(table, tmp_path, "train.epochs=1", *SMALL))
+    cfg = build_config(MultiviewConfig, [TINY], [f"data.table={table}", "data.label_from=birads_4_5"])
+    splits = load_splits(cfg.data, cfg.task, ["val", "test"])
+    everything = {t: np.concatenate([s.targets[t] for s in splits.values()]) for t in cfg.task.tasks}
+    for task, used in results["class_weights"].items():
+        assert used == pytest.approx(class_weights(splits["train"].targets[task], len(used)).tolist())
+        assert used != pytest.approx(class_weights(everything[task], len(used)).tolist())
 
 
-def test_resume_continues_where_it_stopped(table, tmp_path):
-    straight = main(_args(table, tmp_path / "straight", "train.epochs=2", *SMALL))
-    main(_args(table, tmp_path / "resumed", "train.epochs=1", *SMALL))
-    resumed = main(_args(table, tmp_path / "resumed", "train.epochs=2", "--resume", "latest", *SMALL))
-    assert resumed["epochs_run"] == 2 and len(resumed["history"]) == 2
-    for a, b in zip(straight["history"], resumed["history"], strict=True):
+def test_an_interrupted_run_resumes_to_the_same_result(table, tmp_path, monkeypatch):
+    args = ["train.epochs=2", "train.save_every=3", *SMALL]  # 5 steps per epoch: states at steps 3, 6, 9, 10
+    straight = main(_args(table, tmp_path / "straight", *args))
+    forward, calls = MultiTaskLoss.forward, []
+
+    def interrupted(self, logits, targets):
+        calls.append(1)
+        if len(calls) == 8:  # like Ctrl-C in step 8 (in epoch 2, after the state of step 6)
+            raise KeyboardInterrupt
+        return forward(self, logits, targets)
+
+    monkeypatch.setattr(MultiTaskLoss, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(table, tmp_path / "resumed", *args))
+    monkeypatch.setattr(MultiTaskLoss, "forward", forward)
+    resumed = main(_args(table, tmp_path / "resumed", *args, "--resume", "latest"))
+
+    assert [s["step"] for s in _steps(tmp_path / "resumed")] == list(range(1, 11))
+    for a, b in zip(_steps(tmp_path / "straight"), _steps(tmp_path / "resumed"), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["val_score"] == pytest.approx(b["val_score"], rel=1e-5)
-    lines = (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert [h["step"] for h in resumed["history"]] == [5, 10]
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["val/score"] == pytest.approx(b["val/score"], rel=1e-5)
+    assert resumed["headline"] == pytest.approx(straight["headline"], rel=1e-5)
+
+
+def test_a_new_run_into_a_trained_folder_is_refused_and_leaves_it_alone(table, tmp_path):
+    (tmp_path / "checkpoints" / "step_00000005").mkdir(parents=True)
+    (tmp_path / "config.yaml").write_text("the earlier run's config\n")
+    with pytest.raises(ConfigError, match="resume"):
+        main(_args(table, tmp_path, *SMALL))
+    assert (tmp_path / "config.yaml").read_text() == "the earlier run's config\n"
+
+
+def test_old_split_keys_name_the_table_split(table, tmp_path):
+    with pytest.raises(ConfigError, match="val_fraction.*split column"):
+        main(_args(table, tmp_path, "data.val_fraction=0.2"))
+
+
+def test_a_task_without_training_targets_is_an_error(table, tmp_path):
+    with pytest.raises(ValueError, match="no training target for task 'label'.*label_from=malignant"):
+        main(_args(table, tmp_path, "data.label_from=malignant", *SMALL))  # VinDr has no pathology
 
 
 GRID = """
 run: {{data: {{table: {table}, image_size: [48, 32], label_from: birads_4_5}}, train: {{epochs: 1}}}}
 rows:
   - {{key: shared, name: Tiny ResNet (Shared), backbone: "timm:test_resnet", backbone_kwargs: {{in_chans: 1}}}}
-  - {{key: specific, name: Tiny ResNet (View-specific), backbone: "timm:test_resnet", shared: false, lr: 1.0e-3}}
+  - {{key: specific, name: Tiny ResNet (View-specific), backbone: "timm:test_resnet", shared: false, lr: {lr}}}
 settings: [ternary, five]
 """
 
 
+def _grid_args(tmp_path: Path, table: str, lr: float = 1.0e-3) -> list[str]:
+    config = tmp_path / f"grid_{lr}.yaml"
+    config.write_text(GRID.format(table=table, lr=lr))
+    return ["--config", str(CONFIGS / "tiny_grid.yaml"), "--config", str(config), f"out={tmp_path}"]
+
+
 def test_grid_writes_the_paper_table_with_every_configured_row(table, tmp_path):
-    config = tmp_path / "grid.yaml"
-    config.write_text(GRID.format(table=table))
-    args = ["grid", "--config", str(TINY.parent / "tiny_grid.yaml"), "--config", str(config), f"out={tmp_path}"]
-    summary = main([*args, "only=[ternary/*]"])
+    args = _grid_args(tmp_path, table)
+    summary = grid_main([*args, "only=[ternary/*]"])
     assert summary["runs"] == 6 and summary["done"] == 6 and not summary["failed"]
     assert sorted(p.name for p in (tmp_path / "ternary").iterdir()) == ["shared", "specific"]
     assert sorted(p.name for p in (tmp_path / "ternary" / "specific").iterdir()) == ["birads", "label", "multi"]
-    specific = json.loads((tmp_path / "ternary/specific/label/metrics.json").read_text())
-    assert specific["history"][0]["lr"] == 1.0e-3  # the row's learning rate
+    assert {s["lr"] for s in _steps(tmp_path / "ternary/specific/label")} == {1.0e-3}  # the row's learning rate
 
     results = pd.read_csv(tmp_path / "results.csv")
     assert results[["setting", "key"]].values.tolist() == [
-        ["ternary", "shared"], ["ternary", "specific"], ["five", "shared"], ["five", "specific"]
-    ]  # fmt: skip
+        ["ternary", "shared"],
+        ["ternary", "specific"],
+        ["five", "shared"],
+        ["five", "specific"],
+    ]
     cells = [
         f"{mode}_{task}_{m}"
         for mode in ("multi", "single")
@@ -138,12 +172,33 @@ def test_grid_writes_the_paper_table_with_every_configured_row(table, tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "BI-RADS {1, 3, 5}" in markdown and markdown.count("Tiny ResNet (View-specific)") == 2
 
-    again = main([*args, "only=[ternary/*]"])  # finished runs are picked up, not retrained
-    assert again["done"] == 6 and again["seconds"] == {} and again["headlines"] == summary["headlines"]
+
+def test_grid_reuses_unchanged_runs_and_retrains_changed_ones(table, tmp_path):
+    only = ["only=[ternary/*/multi]"]
+    first = grid_main([*_grid_args(tmp_path, table, lr=1.0e-3), *only])
+    assert sorted(first["seconds"]) == ["ternary/shared/multi", "ternary/specific/multi"]
+    again = grid_main([*_grid_args(tmp_path, table, lr=1.0e-3), *only])
+    assert again["seconds"] == {} and again["headlines"] == first["headlines"]
+
+    changed = grid_main([*_grid_args(tmp_path, table, lr=2.0e-3), *only])  # the specific row's learning rate
+    assert list(changed["seconds"]) == ["ternary/specific/multi"] and not changed["failed"]
+    steps = _steps(tmp_path / "ternary/specific/multi")
+    assert {s["lr"] for s in steps} == {2.0e-3} and steps[0]["step"] == 1  # trained again from scratch
+    assert changed["headlines"]["ternary/shared/multi"] == first["headlines"]["ternary/shared/multi"]
+
+
+def test_grid_settings_key_ignores_folders_and_workers(table, tmp_path):
+    def key(*overrides: str) -> str:
+        cfg = build_config(GridConfig, [CONFIGS / "tiny_grid.yaml"], [f"run.data.table={table}", *overrides])
+        return settings_key(run_settings(dict(plan_runs(cfg))["five/shared/multi"], "digest"))
+
+    assert key() == key("out=elsewhere", "run.data.num_workers=4", "run.train.progress=true")
+    assert key() != key("run.train.epochs=3")
+    assert key() != key("run.data.augment.degrees=5")
 
 
 def test_paper_grid_config_plans_the_54_runs_of_tables_2_to_4():
-    cfg = build_config(GridConfig, [TINY.parent / "grid_paper.yaml"], ["run.data.table=cache/table.parquet"])
+    cfg = build_config(GridConfig, [CONFIGS / "grid_paper.yaml"], ["run.data.table=cache/table.parquet"])
     runs = dict(plan_runs(cfg))
     assert len(runs) == 54 and len({c.out for c in runs.values()}) == 54
     vssm = runs["five/vssm_specific/birads"]
@@ -152,15 +207,20 @@ def test_paper_grid_config_plans_the_54_runs_of_tables_2_to_4():
     assert hybrid.model.backbone_kwargs == {"pretrained": True, "resnet_until": "layer3", "depths": [2]}
     assert (hybrid.optim.lr, hybrid.task.setting, hybrid.task.tasks) == (1e-4, "binary", ["label", "birads"])
     assert (hybrid.data.image_size, hybrid.model.dropout, hybrid.optim.weight_decay) == ([512, 512], 0.5, 0.05)
-
-
-def test_a_task_without_training_targets_is_an_error(table, tmp_path):
-    with pytest.raises(ValueError, match="no training target for task 'label'.*label_from=malignant"):
-        main(_args(table, tmp_path, "data.label_from=malignant", *SMALL))  # VinDr has no pathology
+    assert (hybrid.optim.schedule, hybrid.train.select, hybrid.train.resume) == ("plateau", "val/score", "latest")
 
 
 def test_grid_rejects_a_selection_that_matches_nothing(table, tmp_path):
-    config = tmp_path / "grid.yaml"
-    config.write_text(GRID.format(table=table))
     with pytest.raises(ConfigError, match="only"):
-        main(["grid", "--config", str(config), f"out={tmp_path}", "only=[binary/nothing/*]"])
+        grid_main([*_grid_args(tmp_path, table), "only=[binary/nothing/*]"])
+
+
+def test_training_augmentation_is_drawn_per_epoch_and_sample(table):
+    cfg = build_config(MultiviewConfig, [TINY], [f"data.table={table}", "data.label_from=birads_4_5"])
+    split = load_splits(cfg.data, cfg.task, [])["train"]
+    dataset = make_loader(split, cfg.data, train=True, seed=0).dataset
+    first = dataset[3]["images"]
+    torch.rand(5)  # the global generator plays no part
+    assert torch.equal(dataset[3]["images"], first)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[3]["images"], first)

@@ -10,23 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from downstream.multiview_data import TaskConfig, check_task, class_weights, exam_targets, num_classes
-from downstream.multiview_model import VIEWS, GatedAttentionFusion, ModelConfig, MultiViewClassifier
-from downstream.multiview_train import MultiTaskLoss
+from downstream.multiview.config import ModelConfig, TaskConfig
+from downstream.multiview.data import check_task, class_weights, exam_targets, num_classes
+from downstream.multiview.model import VIEWS, GatedAttentionFusion, MultiViewClassifier
+from downstream.multiview.train import MultiTaskLoss
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import build_exams
 
 TINY = {"backbone": "timm:test_resnet", "backbone_kwargs": {"in_chans": 1}, "fusion_hidden": 16}
 #: every presence pattern with at least one view
 PATTERNS = [m for m in itertools.product([True, False], repeat=4) if any(m)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "view-specific"])
@@ -102,8 +95,10 @@ def test_ignored_labels_contribute_nothing_to_the_loss():
     weights = {"label": torch.tensor([0.7, 2.0]), "birads": torch.tensor([1.0, 0.5, 3.0])}
     loss_fn = MultiTaskLoss(weights, {"label": 0.5, "birads": 0.5})
     logits = {"label": torch.randn(4, 2, 2, requires_grad=True), "birads": torch.randn(4, 2, 3, requires_grad=True)}
-    targets = {"label": torch.tensor([[1, -1], [0, 1], [-1, -1], [1, 0]]),
-               "birads": torch.tensor([[2, 0], [-1, 1], [0, -1], [-1, -1]])}  # fmt: skip
+    targets = {
+        "label": torch.tensor([[1, -1], [0, 1], [-1, -1], [1, 0]]),
+        "birads": torch.tensor([[2, 0], [-1, 1], [0, -1], [-1, -1]]),
+    }
     total, parts = loss_fn(logits, targets)
     total.backward()
     for task in logits:
@@ -111,8 +106,10 @@ def test_ignored_labels_contribute_nothing_to_the_loss():
         assert torch.all(logits[task].grad[ignored] == 0) and logits[task].grad[~ignored].abs().sum() > 0
     # the paper's form: per task, the mean over sides of PyTorch's weighted cross-entropy with ignore_index=-1
     for task, part in parts.items():
-        sides = [F.cross_entropy(logits[task][:, j], targets[task][:, j], weight=weights[task], ignore_index=-1)
-                 for j in range(2)]  # fmt: skip
+        sides = [
+            F.cross_entropy(logits[task][:, j], targets[task][:, j], weight=weights[task], ignore_index=-1)
+            for j in range(2)
+        ]
         assert part.item() == pytest.approx(torch.stack(sides).mean().item(), rel=1e-6)
     assert total.item() == pytest.approx(0.5 * parts["label"].item() + 0.5 * parts["birads"].item(), rel=1e-6)
 
@@ -132,8 +129,17 @@ def test_class_weights_are_inverse_frequencies():
 
 
 def _image(image_id, laterality, view, exam, **labels):
-    return {"dataset": "toy", "patient_id": exam, "exam_id": exam, "image_id": image_id, "path": f"{image_id}.dcm",
-            "laterality": laterality, "view": view, "split": "train", **labels}  # fmt: skip
+    return {
+        "dataset": "toy",
+        "patient_id": exam,
+        "exam_id": exam,
+        "image_id": image_id,
+        "path": f"{image_id}.dcm",
+        "laterality": laterality,
+        "view": view,
+        "split": "train",
+        **labels,
+    }
 
 
 @pytest.fixture
@@ -141,12 +147,15 @@ def exams() -> pd.DataFrame:
     """e1: L BI-RADS 5 malignant, R BI-RADS 1. e2: L BI-RADS 3 benign (CC only), no right breast.
     e3: L BI-RADS 4 malignant, R BI-RADS 2 benign (MLO only)."""
     rows = [
-        _image("a", "L", "CC", "e1", birads=5, malignant=1), _image("b", "L", "MLO", "e1", birads=5, malignant=1),
-        _image("c", "R", "CC", "e1", birads=1, malignant=0), _image("d", "R", "MLO", "e1", birads=1, malignant=0),
+        _image("a", "L", "CC", "e1", birads=5, malignant=1),
+        _image("b", "L", "MLO", "e1", birads=5, malignant=1),
+        _image("c", "R", "CC", "e1", birads=1, malignant=0),
+        _image("d", "R", "MLO", "e1", birads=1, malignant=0),
         _image("e", "L", "CC", "e2", birads=3, malignant=0),
-        _image("f", "L", "CC", "e3", birads=4, malignant=1), _image("g", "L", "MLO", "e3", birads=4, malignant=1),
+        _image("f", "L", "CC", "e3", birads=4, malignant=1),
+        _image("g", "L", "MLO", "e3", birads=4, malignant=1),
         _image("h", "R", "MLO", "e3", birads=2, malignant=0),
-    ]  # fmt: skip
+    ]
     return build_exams(pd.DataFrame(rows))
 
 

@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from downstream.linear_probe import ProbeConfig, _probe_task, fit_probe, main
-from downstream.tasks import get_task
-from mvmlm.config import ConfigError
+from downstream.common.tasks import get_task
+from downstream.probe.config import ProbeConfig
+from downstream.probe.run import _probe_task, fit_probe, main
+from mvmlm.config import ConfigError, build_config
 
 from .conftest import REPO
 
-TINY = str(REPO / "configs/downstream/tiny_probe.yaml")
+TINY = str(REPO / "configs/probe/tiny.yaml")
 
 
 #: the planted task and the margin the pretrained tiny model must beat its random init by (mean test AUC over 3 seeds
@@ -23,19 +24,41 @@ PLANTED_TASK, FRACTION, MARGIN = "density", 0.1, 0.05
 
 
 def test_pretrained_model_beats_its_random_init_on_a_planted_task(downstream_data, pretrained_checkpoint, tmp_path):
-    metrics = main(["--config", TINY, f"data.table={downstream_data.table}", f"out={tmp_path}",
-                    f"encoders.mvmlm.checkpoint={pretrained_checkpoint}", f"embed.cache={tmp_path / 'emb'}",
-                    f"tasks=[{PLANTED_TASK}]", f"fractions=[{FRACTION}]", "seeds=[0,1,2]", "bootstrap=0",
-                    "plots=false"])  # fmt: skip
+    metrics = main(
+        [
+            "--config",
+            TINY,
+            f"data.table={downstream_data.table}",
+            f"out={tmp_path}",
+            f"encoders.mvmlm.checkpoint={pretrained_checkpoint}",
+            f"embed.cache={tmp_path / 'emb'}",
+            f"tasks=[{PLANTED_TASK}]",
+            f"fractions=[{FRACTION}]",
+            "seeds=[0,1,2]",
+            "bootstrap=0",
+            "plots=false",
+        ]
+    )
     auc = {row["encoder"]: row["auc_mean"] for row in metrics["summary"]}
     assert auc["mvmlm"] >= auc["random"] + MARGIN, auc
 
 
 def test_probe_command_writes_the_run_directory(downstream_data, random_checkpoint, tmp_path):
     out = tmp_path / "run"
-    metrics = main(["--config", TINY, f"data.table={downstream_data.table}", f"out={out}",
-                    f"encoders.mvmlm.checkpoint={random_checkpoint}", f"embed.cache={tmp_path / 'emb'}",
-                    "tasks=[mass,density]", "fractions=[0.1,1.0]", "seeds=[0,1]", "bootstrap=20"])  # fmt: skip
+    metrics = main(
+        [
+            "--config",
+            TINY,
+            f"data.table={downstream_data.table}",
+            f"out={out}",
+            f"encoders.mvmlm.checkpoint={random_checkpoint}",
+            f"embed.cache={tmp_path / 'emb'}",
+            "tasks=[mass,density]",
+            "fractions=[0.1,1.0]",
+            "seeds=[0,1]",
+            "bootstrap=20",
+        ]
+    )
     results = pd.DataFrame(metrics["results"])
     assert len(results) == 2 * 2 * (2 + 1)  # encoders x tasks x (2 seeds at 10 %, 1 at 100 %: the same probe)
     assert set(results.encoder) == {"mvmlm", "random"} and set(results.C) <= {1e-3, 1e-2, 1e-1, 1.0}
@@ -43,8 +66,15 @@ def test_probe_command_writes_the_run_directory(downstream_data, random_checkpoi
     assert (small.n_train < results[results.fraction == 1.0].n_train.min()).all()
     assert results.auc.between(0, 1).all() and (results.auc_low <= results.auc_high).all()
     assert json.loads((out / "metrics.json").read_text())["summary"][0]["runs"] == 2
-    for name in ("config.yaml", "results.csv", "summary.csv", "results.md", "predictions.parquet",
-                 "plots/roc_mass_0.1.png", "plots/confusion_density_1.0.png"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "results.csv",
+        "summary.csv",
+        "results.md",
+        "predictions.parquet",
+        "plots/roc_mass_0.1.png",
+        "plots/confusion_density_1.0.png",
+    ):
         assert (out / name).is_file(), name
 
 
@@ -55,8 +85,14 @@ def _breasts(n_patients: int = 60, seed: int = 0) -> tuple[np.ndarray, pd.DataFr
     split = np.repeat(rng.choice(["train", "val", "test"], n_patients, p=[0.5, 0.2, 0.3]), 2)
     mass = (rng.random(2 * n_patients) < 0.4).astype(int)
     x = rng.normal(size=(2 * n_patients, 6)) + 0.8 * mass[:, None] * np.eye(6)[0]
-    frame = pd.DataFrame({"patient": patient, "split": split, "mass": pd.array(mass, dtype="Int64"),
-                          "breast_id": [f"b{i}" for i in range(2 * n_patients)]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "patient": patient,
+            "split": split,
+            "mass": pd.array(mass, dtype="Int64"),
+            "breast_id": [f"b{i}" for i in range(2 * n_patients)],
+        }
+    )
     return x, frame
 
 
@@ -101,3 +137,14 @@ def test_missing_classes_of_a_small_fraction_get_zero_probability():
 def test_probe_without_encoders_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no encoders"):
         main(["data.table=missing.parquet", f"out={tmp_path}"])
+
+
+@pytest.mark.parametrize("files", [["vindr"], ["rsna"], ["tiny"], ["vindr", "imagenet_baseline"]])
+def test_shipped_configs_load(files):
+    cfg = build_config(
+        ProbeConfig,
+        [REPO / f"configs/probe/{name}.yaml" for name in files],
+        ["data.table=t.parquet", "encoders.mvmlm.checkpoint=ckpt"],
+    )
+    assert cfg.encoders["random"].checkpoint == "ckpt" and cfg.encoders["random"].init == "random"
+    assert ("imagenet" in cfg.encoders) == ("imagenet_baseline" in files)

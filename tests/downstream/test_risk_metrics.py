@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from downstream.risk_metrics import RiskScores, mirai_labels, mirai_year_auc, risk_metrics, survival_arrays
+from downstream.risk.metrics import RiskScores, mirai_labels, mirai_year_auc, risk_metrics, survival_arrays
 
 # (years_to_cancer, years_to_last_followup): A cancer in year 1, B in year 3, C free for 6 y, D free for 1.5 y,
 # E free for 0.4 y (no label), F cancer after 7 y (a negative within 5 y)
@@ -81,8 +81,9 @@ def test_risk_metrics_bootstrap_interval_brackets_estimate():
     ytc = np.where(onset <= 6, onset, np.nan)
     ytlf = np.minimum(onset, 6.0)
     probs = np.repeat(-onset[:, None], 5, axis=1) + np.linspace(0, 1, 5)
-    got = risk_metrics(RiskScores(probs, -onset), (ytc, ytlf), (ytc, ytlf), [f"p{i // 2}" for i in range(n)],
-                       n_resamples=30)  # fmt: skip
+    got = risk_metrics(
+        RiskScores(probs, -onset), (ytc, ytlf), (ytc, ytlf), [f"p{i // 2}" for i in range(n)], n_resamples=30
+    )
     assert got["harrell_c"]["value"] == pytest.approx(1.0)
     for name in ("uno_c", "td_auc_5y", "mirai_auc_2y"):
         m = got[name]

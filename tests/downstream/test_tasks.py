@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from downstream.tasks import check_patient_splits, get_task, get_tasks, sample_fraction
+from downstream.common.tasks import check_patient_splits, get_task, get_tasks, sample_fraction
 
 
 def _cohort(n_patients: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +81,9 @@ def test_full_fraction_takes_every_labelled_row_and_bad_fractions_raise():
 
 
 def test_a_patient_in_two_splits_is_refused():
-    table = pd.DataFrame({"dataset": ["d"] * 4, "patient_id": ["1", "1", "2", "2"],
-                          "split": ["train", "test", "val", "val"]})  # fmt: skip
+    table = pd.DataFrame(
+        {"dataset": ["d"] * 4, "patient_id": ["1", "1", "2", "2"], "split": ["train", "test", "val", "val"]}
+    )
     with pytest.raises(ValueError, match="d/1"):
         check_patient_splits(table, "t.parquet")
     check_patient_splits(table.assign(split=["train", "train", "val", "val"]))

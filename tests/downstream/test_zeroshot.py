@@ -7,18 +7,30 @@ import pandas as pd
 import pytest
 import torch
 
-from downstream.zeroshot import main, zero_shot_scores
-from mvmlm.config import ConfigError
+from downstream.common.tasks import get_tasks
+from downstream.zeroshot.config import ZeroShotConfig
+from downstream.zeroshot.run import main, zero_shot_scores
+from mvmlm.config import ConfigError, build_config
 
 from .conftest import REPO
 
-VINDR = str(REPO / "configs/downstream/zeroshot_vindr.yaml")
+VINDR = str(REPO / "configs/zeroshot/vindr.yaml")
 
 
 def test_template_prompts_run_end_to_end(downstream_data, random_checkpoint, tmp_path):
     out = tmp_path / "run"
-    metrics = main(["--config", VINDR, f"data.table={downstream_data.table}", f"checkpoint={random_checkpoint}",
-                    f"out={out}", f"embed.cache={tmp_path / 'emb'}", "embed.device=cpu", "bootstrap=20"])  # fmt: skip
+    metrics = main(
+        [
+            "--config",
+            VINDR,
+            f"data.table={downstream_data.table}",
+            f"checkpoint={random_checkpoint}",
+            f"out={out}",
+            f"embed.cache={tmp_path / 'emb'}",
+            "embed.device=cpu",
+            "bootstrap=20",
+        ]
+    )
     results = pd.DataFrame(metrics["results"]).set_index("task")
     assert list(results.index) == ["mass", "calcification", "density"]
     assert results.auc.between(0, 1).all() and (results.split == "test").all()
@@ -42,9 +54,23 @@ def test_scores_are_a_softmax_over_cosine_similarities():
 
 
 def test_prompts_must_match_the_classes(downstream_data, random_checkpoint, tmp_path):
-    base = ["--config", VINDR, f"data.table={downstream_data.table}", f"checkpoint={random_checkpoint}",
-            f"out={tmp_path}", f"embed.cache={tmp_path / 'emb'}", "tasks=[mass]"]  # fmt: skip
+    base = [
+        "--config",
+        VINDR,
+        f"data.table={downstream_data.table}",
+        f"checkpoint={random_checkpoint}",
+        f"out={tmp_path}",
+        f"embed.cache={tmp_path / 'emb'}",
+        "tasks=[mass]",
+    ]
     with pytest.raises(ConfigError, match="prompts.mass.*2 classes"):
         main([*base, "prompts.mass=[[no mass]]"])
     with pytest.raises(ConfigError, match="no prompts for task 'malignancy'"):
         main([*base, "tasks=[malignancy]"])
+
+
+@pytest.mark.parametrize("name", ["vindr", "rsna"])
+def test_shipped_configs_give_every_task_its_prompts(name):
+    cfg = build_config(ZeroShotConfig, [REPO / f"configs/zeroshot/{name}.yaml"], ["data.table=t", "checkpoint=c"])
+    for task in get_tasks(cfg.tasks, cfg.task_classes):
+        assert len(cfg.prompts[task.name]) == task.num_classes, task.name

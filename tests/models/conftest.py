@@ -30,9 +30,13 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(str(directory))
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(directory))
     return directory
 

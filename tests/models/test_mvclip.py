@@ -82,8 +82,9 @@ def test_loading_ignores_the_initial_pretrained_weights(tiny_mvclip_config, tmp_
     from safetensors.torch import save_file
 
     weights = tmp_path / "init.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", in_chans=1).state_dict().items()},
-              str(weights))  # fmt: skip
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("test_resnet", in_chans=1).state_dict().items()}, str(weights)
+    )
     tiny_mvclip_config.image.encoder_kwargs["pretrained_path"] = str(weights)
     MVCLIP(tiny_mvclip_config).save(tmp_path / "ckpt")
     weights.unlink()  # the checkpoint no longer needs the initial weights

@@ -30,10 +30,17 @@ class PretrainInputs(TextImageSet):
     def argv(self, out: Path, *overrides: str) -> list[str]:
         """Command-line arguments of a tiny CPU run writing to ``out``."""
         return [
-            "--config", str(TINY_CONFIG), f"data.table={self.table}", f"data.corpus={self.corpus}",
-            f"model.text.model={self.text_model}", "model.text.hidden_size=32", f"data.text_cache={self.text_cache}",
-            "data.val_split=test", f"out={out}", *overrides,
-        ]  # fmt: skip
+            "--config",
+            str(TINY_CONFIG),
+            f"data.table={self.table}",
+            f"data.corpus={self.corpus}",
+            f"model.text.model={self.text_model}",
+            "model.text.hidden_size=32",
+            f"data.text_cache={self.text_cache}",
+            "data.val_split=test",
+            f"out={out}",
+            *overrides,
+        ]
 
 
 @pytest.fixture(scope="session")

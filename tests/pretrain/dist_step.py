@@ -1,7 +1,7 @@
-"""One MV-CLIP forward/backward on the first global batch; writes the loss and the synchronised gradients.
+"""The first optimizer step of a pretraining run on the engine; writes its loss and the synchronised gradients.
 
-Run under ``accelerate launch --cpu --num_processes N tests/pretrain/dist_step.py RESULT_DIR [pretrain args]`` or
-call :func:`first_step_gradients` in-process; the tests compare the two.
+Run under ``accelerate launch --num_processes N tests/pretrain/dist_step.py RESULT_DIR [pretrain args]`` or call
+:func:`first_step_gradients` in-process; the tests compare the two.
 """
 
 from __future__ import annotations
@@ -14,21 +14,32 @@ import torch
 
 
 def first_step_gradients(argv: list[str]) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss of the first optimizer step of the run ``argv`` describes and the gradients it leaves in the model."""
-    from mvmlm.config import load_config
-    from mvmlm.rundir import RunDir
-    from pretrain.config import PretrainConfig
-    from pretrain.step import contrastive_backward
-    from pretrain.train import build_session, make_accelerator
+    """Loss of the first optimizer step of the run ``argv`` describes and the gradients its backward leaves, taken
+    inside :meth:`Engine.fit` (before clipping and the update)."""
+    from mvmlm.training import Engine
+    from pretrain import COMMAND
+    from pretrain.train import setup
 
-    cfg = load_config(PretrainConfig, argv)
-    accelerator = make_accelerator(cfg, Path(cfg.out))
-    session = build_session(cfg, accelerator, RunDir.create(cfg.out, cfg, main_process=accelerator.is_main_process))
-    batches = iter(session.train_loader)
-    micro = [next(batches) for _ in range(cfg.train.accum_steps)]
-    record = contrastive_backward(accelerator, session.model, session.loss_fn, micro, 1, session.text_encoder)
-    grads = {name: p.grad.detach().clone() for name, p in session.core.named_parameters() if p.grad is not None}
-    return record["loss"], grads
+    cfg = COMMAND.parse(
+        [*argv, "train.max_steps=1", "train.trackers=[]", "train.progress=false", "eval.train_subset=0"]
+    )
+    engine = Engine(cfg.train, cfg.optim, cfg.out)
+    job = setup(cfg, engine)
+    seen: dict = {}
+
+    def backward(engine: Engine, model, micro_batches: list[dict], step: int) -> dict[str, float]:
+        record = job.step(engine, model, micro_batches, step)
+        seen["loss"] = record["loss"]
+        seen["grads"] = {
+            name: p.grad.detach().clone() for name, p in job.model.named_parameters() if p.grad is not None
+        }
+        return record
+
+    try:
+        engine.fit(job.model, job.train_loader, backward=backward)
+    finally:
+        engine.end()
+    return seen["loss"], seen["grads"]
 
 
 if __name__ == "__main__":

@@ -26,17 +26,32 @@ def cached(tmp_path):
     rows = []
     for patient, side, view in [("p1", "L", "CC"), ("p1", "L", "MLO"), ("p1", "R", "CC"), ("p2", "L", "MLO")]:
         image_id = f"{patient}{side}{view}"
-        rows.append({"dataset": "toy", "patient_id": patient, "exam_id": "e", "image_id": image_id,
-                     "path": f"{image_id}.dcm", "laterality": side, "view": view, "split": "train"})  # fmt: skip
+        rows.append(
+            {
+                "dataset": "toy",
+                "patient_id": patient,
+                "exam_id": "e",
+                "image_id": image_id,
+                "path": f"{image_id}.dcm",
+                "laterality": side,
+                "view": view,
+                "split": "train",
+            }
+        )
     rng = np.random.default_rng(0)
     for row in rows:
         row["cache_path"] = f"{row['image_id']}.npy"
         save_cached(tmp_path / row["cache_path"], rng.random(SHAPE))
     schema.write_table(schema.conform(pd.DataFrame(rows)), tmp_path / "table.parquet")
-    _write_corpus(tmp_path / "corpus", [
-        ("toy/p1/e/L", 0, "left report a"), ("toy/p1/e/L", 1, "left report b"), ("toy/p1/e/L", 2, "left report c"),
-        ("toy/p1/e/R", 0, "right report"),
-    ])  # fmt: skip
+    _write_corpus(
+        tmp_path / "corpus",
+        [
+            ("toy/p1/e/L", 0, "left report a"),
+            ("toy/p1/e/L", 1, "left report b"),
+            ("toy/p1/e/L", 2, "left report c"),
+            ("toy/p1/e/R", 0, "right report"),
+        ],
+    )
     return tmp_path
 
 
@@ -87,7 +102,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
 def test_training_loader_drops_the_incomplete_batch_and_collates_masks(cached):
     breasts = load_breasts(cached / "table.parquet", "train", read_reports(cached / "corpus"))
     dataset = PretrainDataset(pd.concat([breasts] * 3, ignore_index=True), seed=0, train=True)
-    loader, _ = make_loader(dataset, 4, train=True, seed=0, num_workers=0, text_cache=None)
+    loader = make_loader(dataset, 4, train=True, seed=0, num_workers=0, text_cache=None)
     batches = list(loader)
     assert len(batches) == 1 and batches[0]["cc"].shape == (4, 1, *SHAPE)
     assert batches[0]["cc_present"].all()
@@ -98,8 +113,10 @@ def test_training_loader_drops_the_incomplete_batch_and_collates_masks(cached):
 
 
 def test_identical_reports_get_the_same_text_id():
-    items = [{"images": torch.zeros(2, 1, 2, 2), "mask": torch.tensor([True, True]), "text": text, "id": str(i),
-              "index": i} for i, text in enumerate(["BI-RADS 1.", "BI-RADS  1.", "BI-RADS 2."])]  # fmt: skip
+    items = [
+        {"images": torch.zeros(2, 1, 2, 2), "mask": torch.tensor([True, True]), "text": text, "id": str(i), "index": i}
+        for i, text in enumerate(["BI-RADS 1.", "BI-RADS  1.", "BI-RADS 2."])
+    ]
     ids = Collate()(items)["text_ids"]
     assert ids[0] == ids[1] != ids[2]
 

@@ -1,4 +1,5 @@
-"""The global batch decides the gradient: 2 processes (with accumulation) and 2 micro-batches equal 1 big batch.
+"""The global batch decides the gradient: 2 processes (with accumulation) and 2 micro-batches equal 1 big batch, with
+the contrastive step plugged into the engine (gradients taken inside ``Engine.fit``).
 
 Tolerance: float32 sums in another order, so losses agree to rel 1e-5 and gradients to rel 1e-4 / abs 1e-6
 (a wrong setting of the gathers is off by tens of percent, see tests/test_losses.py).
@@ -62,15 +63,28 @@ def test_two_processes_with_accumulation_equal_one_process(pretrain_inputs, tmp_
     """2 processes x 2 micro-batches x 2 breasts = the same 8 breasts as one batch of 8.
 
     ``accelerate launch --cpu`` starts a single process (its simple launcher needs mpirun for more), so the two
-    CPU processes come from the torchrun-based ``--multi_gpu`` launcher with ``train.cpu=true`` (gloo backend).
+    CPU processes come from the torchrun-based ``--multi_gpu`` launcher with ``train.device=cpu`` (gloo backend).
     """
-    argv = pretrain_inputs.argv(tmp_path / "run", "data.batch_size=2", "train.accum_steps=2", "train.cpu=true")
+    argv = pretrain_inputs.argv(tmp_path / "run", "data.batch_size=2", "train.accum_steps=2", "train.device=cpu")
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(HERE / "dist_step.py"), str(tmp_path), *argv,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(HERE / "dist_step.py"),
+        str(tmp_path),
+        *argv,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""End-to-end pretraining on CPU: learning, the run directory, the export, exact resume after a kill, NaN stop."""
+"""End-to-end pretraining on the engine (CPU): learning, the run directory, the export, exact resume after a kill, a
+second run refused, NaN stop."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from mvmlm import cli
 from mvmlm.training import NonFiniteLossError, checkpoint_dirs
 from pretrain.data import EpochSampler, PretrainDataset, load_breasts, read_reports
-from pretrain.train import main
+from pretrain.train import clamp_logit_scale, main
 
 STEPS = 90  # tiny_cpu.yaml: 30 epochs x (24 training breasts / batch 8 = 3 steps per epoch)
 REPO = Path(__file__).resolve().parents[2]
@@ -50,19 +53,31 @@ def test_train_retrieval_beats_chance(trained):
     assert {"loss", "i2t_R@1", "t2i_R@10"} <= results["after"]["val"].keys()
 
 
-def test_run_directory_holds_log_checkpoint_and_a_loadable_model(trained):
+def test_run_directory_holds_logs_checkpoints_and_a_loadable_model(trained):
     from mvmlm.models.mvclip import MVCLIP, load_image_tower
 
     out, results = trained
     assert sorted(_logged_losses(out)) == list(range(1, STEPS + 1))
     assert json.loads((out / "metrics.json").read_text())["steps"] == STEPS
     assert (out / "config.yaml").is_file() and (out / "provenance.json").is_file()
-    assert [step for step, _ in checkpoint_dirs(out / "checkpoints")] == [STEPS]
-    assert list((out / "tensorboard").rglob("events.out.tfevents.*")) and results["tracker"] == ["tensorboard"]
-    model = MVCLIP.load(out / "model")
-    assert model.logit_scale.exp().item() <= 100.0 + 1e-4
+    assert [step for step, _ in checkpoint_dirs(out / "checkpoints")] == [60, STEPS]  # save_every 30, keep 2
+    assert MVCLIP.load(out / "model").config.tokens.num_tokens == 16
     features = load_image_tower(out / "model")(torch.rand(2, 1, 64, 48))
     assert features.shape == (2, 32) and torch.isfinite(features).all()
+
+
+def test_validation_runs_every_eval_every_steps_with_retrieval_names(trained):
+    out, results = trained
+    records = [json.loads(line) for line in (out / "val_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [30, 60, STEPS] == [r["step"] for r in results["val_history"]]
+    assert {"val/loss", "val/i2t_R@1", "val/t2i_R@10", "val/chance_R@5"} <= records[-1].keys()
+    assert records[-1]["val/i2t_R@1"] == pytest.approx(results["after"]["val"]["i2t_R@1"])
+
+
+def test_tensorboard_writes_event_files_offline(trained):
+    out, results = trained
+    assert results["trackers"] == ["tensorboard"]
+    assert list((out / "tracking").rglob("events.out.tfevents.*"))
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_losses(trained, pretrain_inputs, tmp_path):
@@ -70,8 +85,9 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(trained, pretrain
     out = tmp_path / "killed"
     argv = pretrain_inputs.argv(out, "train.save_every=2", "train.keep_checkpoints=2")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pretrain", *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while not checkpoint_dirs(out / "checkpoints") and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -89,6 +105,17 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(trained, pretrain
         [expected[s] for s in range(killed_at + 1, STEPS + 1)], rel=1e-5, abs=1e-6
     )
     assert _logged_losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_the_first_kept(trained, pretrain_inputs, capsys):
+    out, _ = trained
+    before = {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+    config = (out / "config.yaml").read_text()
+    assert cli.main(["pretrain", *pretrain_inputs.argv(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "train.resume=latest" in error, error
+    assert {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()} == before
+    assert (out / "config.yaml").read_text() == config
 
 
 def test_nan_loss_stops_with_step_and_batch_ids(pretrain_inputs, tmp_path, monkeypatch):
@@ -117,3 +144,21 @@ def test_nan_loss_stops_with_step_and_batch_ids(pretrain_inputs, tmp_path, monke
 
     weights = load_file(str(checkpoint_dirs(out / "checkpoints")[-1][1] / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_resume_with_another_batch_size_is_refused(trained, pretrain_inputs, tmp_path):
+    out, _ = trained
+    checkpoint = checkpoint_dirs(out / "checkpoints")[-1][1]
+    argv = pretrain_inputs.argv(tmp_path / "other", "data.batch_size=4", f"train.resume={checkpoint}")
+    with pytest.raises(ValueError, match="another layout .*batch_size: 8 -> 4"):
+        main(argv)
+    assert not (tmp_path / "other" / "model").exists()
+
+
+def test_logit_scale_is_clamped_after_a_step_and_logged():
+    model = torch.nn.Module()
+    model.logit_scale = torch.nn.Parameter(torch.tensor(math.log(500.0)))
+    model.config = SimpleNamespace(logit_scale_max=100.0)
+    record = {"loss": 1.0}
+    clamp_logit_scale(model, record)
+    assert model.logit_scale.exp().item() == pytest.approx(100.0) and record["logit_scale"] == pytest.approx(100.0)

@@ -1,4 +1,5 @@
-"""mvmlm.training: optimizer groups, the schedule, checkpoint rotation and resume lookup, layout check, trackers."""
+"""mvmlm.training pieces pretraining relies on: optimizer groups, the schedule, checkpoint rotation and resume lookup,
+the layout check, trackers by name."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import torch
 from torch import nn
 
 from mvmlm import training
+from mvmlm.config import ConfigError
 from mvmlm.training import (
     TrainState,
-    WarmupCosine,
     checkpoint_dirs,
     latest_checkpoint,
     param_groups,
     resolve_resume,
+    tracker_names,
     warmup_cosine_schedule,
 )
+from mvmlm.training.optim import WarmupCosine
 
 
 class _Toy(nn.Module):
@@ -68,9 +71,15 @@ def test_checkpoint_lookup_ignores_unfinished_saves(tmp_path):
     assert [s for s, _ in checkpoint_dirs(tmp_path)] == [2, 10]
     assert latest_checkpoint(tmp_path).name == "step_00000010"
     assert resolve_resume("latest", tmp_path).name == "step_00000010"
-    assert resolve_resume("", tmp_path) is None and resolve_resume("latest", tmp_path / "none") is None
-    with pytest.raises(FileNotFoundError, match="resume checkpoint not found"):
+    assert resolve_resume("none", tmp_path / "none") is None and resolve_resume("latest", tmp_path / "none") is None
+    with pytest.raises(ConfigError, match="checkpoint folder not found"):
         resolve_resume(str(tmp_path / "step_00000099"), tmp_path)
+
+
+def test_a_new_run_over_existing_checkpoints_is_refused(tmp_path):
+    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already holds a training run.*train.resume=latest"):
+        resolve_resume("none", tmp_path / "checkpoints")
 
 
 class _OneProcess:
@@ -106,13 +115,15 @@ def test_resume_with_another_layout_is_refused():
     assert same.step == 7
 
 
-def test_missing_tensorboard_falls_back_with_a_warning(monkeypatch, caplog):
-    import accelerate.utils
+def test_unknown_tracker_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'; known: .*wandb"):
+        tracker_names(["tensorbored"], tmp_path)
 
-    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+
+def test_a_known_tracker_not_installed_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):
+    from accelerate.utils import imports
+
+    monkeypatch.setattr(imports, "is_wandb_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="mvmlm.training"):
-        assert training.tracker_name("tensorboard") is None
-    assert "pip install tensorboard" in caplog.text
-    assert training.tracker_name("none") is None
-    with pytest.raises(ValueError, match="unknown tracker 'wandb'"):
-        training.tracker_name("wandb")
+        assert tracker_names(["wandb", "none"], tmp_path) == []
+    assert "pip install wandb" in caplog.text

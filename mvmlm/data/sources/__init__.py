@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,33 +13,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvmlm.config import MISSING, load_config
+from mvmlm.config import MISSING
 from mvmlm.data import schema
 from mvmlm.errors import InputError
+from mvmlm.registry import Registry
 
 __all__ = ["SOURCES", "SourceError", "csv_line", "read_native_table", "read_source", "register_source", "main"]
 
 log = logging.getLogger(__name__)
 
-#: source name -> module that registers it (imported on first use)
-SOURCE_MODULES = {name: f"mvmlm.data.sources.{name}" for name in ("vindr", "rsna", "cmmd", "cbis_ddsm", "embed")}
-SOURCES: dict[str, Callable[..., pd.DataFrame]] = {}
+#: source name -> ``fn(root, **options) -> canonical table``; each module registers itself when first used
+SOURCES: Registry[Callable[..., pd.DataFrame]] = Registry(
+    "source", lazy={name: f"mvmlm.data.sources.{name}" for name in ("vindr", "rsna", "cmmd", "cbis_ddsm", "embed")}
+)
+register_source = SOURCES.register
 
 
 class SourceError(ValueError, InputError):
     """A native dataset is incomplete or malformed (the message names the file, row and column)."""
-
-
-def register_source(name: str):
-    """Register ``fn(root, **options) -> canonical table`` under ``name``."""
-
-    def add(fn: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
-        if name in SOURCES:
-            raise ValueError(f"source {name!r} registered twice")
-        SOURCES[name] = fn
-        return fn
-
-    return add
 
 
 def read_native_table(
@@ -77,11 +66,7 @@ def csv_line(mask: pd.Series) -> int:
 
 def read_source(name: str, root: str, **options) -> pd.DataFrame:
     """Read dataset ``name`` from its native layout under ``root`` into a validated canonical table."""
-    if name not in SOURCE_MODULES:
-        raise SourceError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCE_MODULES))}")
-    if name not in SOURCES:
-        importlib.import_module(SOURCE_MODULES[name])
-    table = schema.conform(SOURCES[name](root, **options))
+    table = schema.conform(SOURCES.get(name)(root, **options))
     return schema.check(table, f"{name} table from {root}")
 
 
@@ -97,17 +82,22 @@ class TablesConfig:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """``mvmlm tables``: write the canonical table of one native dataset."""
-    parser = argparse.ArgumentParser(prog="mvmlm tables", description=__doc__)
-    parser.add_argument("--source", choices=sorted(SOURCE_MODULES))
-    parser.add_argument("--root")
-    parser.add_argument("--out")
-    cfg = load_config(TablesConfig, argv, parser=parser)
+    from mvmlm.commands import TABLES
+
+    cfg = TABLES.parse(argv)
     options = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
     if cfg.extra:
         options["extra"] = cfg.extra
     table = read_source(cfg.source, cfg.root, **options)
     schema.write_table(table, cfg.out)
     counts = table.groupby("split").size().to_dict()
-    log.info("%s: %d images, %d exams, %d patients, splits %s -> %s", cfg.source, len(table),
-             table.exam_id.nunique(), table.patient_id.nunique(), counts, cfg.out)  # fmt: skip
+    log.info(
+        "%s: %d images, %d exams, %d patients, splits %s -> %s",
+        cfg.source,
+        len(table),
+        table.exam_id.nunique(),
+        table.patient_id.nunique(),
+        counts,
+        cfg.out,
+    )
     return table

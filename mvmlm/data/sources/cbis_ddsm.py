@@ -32,8 +32,11 @@ from mvmlm.data.splits import patient_split
 __all__ = ["CSV_FILES", "LEXICON", "WORDS", "lexicon_words", "read", "split_patients"]
 
 #: (abnormality kind, source split) -> CSV file name
-CSV_FILES = {(kind, split): f"{kind}_case_description_{split}_set.csv" for kind in ("mass", "calc")
-             for split in ("train", "test")}  # fmt: skip
+CSV_FILES = {
+    (kind, split): f"{kind}_case_description_{split}_set.csv"
+    for kind in ("mass", "calc")
+    for split in ("train", "test")
+}
 COMMON_COLUMNS = (
     "patient_id",
     "breast_density",
@@ -91,8 +94,9 @@ def split_patients(patient_ids: pd.Series, source_split: pd.Series, *, seed: int
 def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.DataFrame:
     """Read CBIS-DDSM under ``root`` (the four case-description CSVs + the NBIA download)."""
     root = Path(root)
-    rows = pd.concat([_read_cases(root / name, kind, split) for (kind, split), name in CSV_FILES.items()],
-                     ignore_index=True)  # fmt: skip
+    rows = pd.concat(
+        [_read_cases(root / name, kind, split) for (kind, split), name in CSV_FILES.items()], ignore_index=True
+    )
     files = _FileIndex(root)
     located = rows.apply(files.locate, axis=1, result_type="expand")
     rows[["path", "roi", "crop"]] = located
@@ -100,9 +104,11 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     rows = rows.sort_values(["patient_id", "laterality", "kind_order", "abnormality_id", "view"], ignore_index=True)
     breasts = _breast_labels(rows)
     images = rows.groupby(["patient_id", "laterality", "view"], as_index=False, sort=False).agg(
-        path=("path", "first"), roi_path=("roi", ";".join), crop_path=("crop", ";".join),
+        path=("path", "first"),
+        roi_path=("roi", ";".join),
+        crop_path=("crop", ";".join),
         source_split=("split", "max"),  # "test" > "train"
-    )  # fmt: skip
+    )
     table = images.merge(breasts, on=["patient_id", "laterality"], how="left")
     table["dataset"] = "cbis_ddsm"
     table["exam_id"] = table["patient_id"]
@@ -120,20 +126,32 @@ def _read_cases(path: Path, kind: str, split: str) -> pd.DataFrame:
     table = table[list(required)].apply(lambda column: column.str.strip())
     bad = ~table["left or right breast"].isin(list(SIDES)) | ~table["pathology"].isin(list(SEVERITY))
     if bad.any():
-        raise SourceError(f"{path} row {int(bad.idxmax()) + 1}: unexpected side/pathology "
-                          f"{table.loc[bad.idxmax(), ['left or right breast', 'pathology']].tolist()}")  # fmt: skip
+        raise SourceError(
+            f"{path} row {int(bad.idxmax()) + 1}: unexpected side/pathology "
+            f"{table.loc[bad.idxmax(), ['left or right breast', 'pathology']].tolist()}"
+        )
 
     def number(column: str) -> pd.Series:
         return pd.to_numeric(table[column], errors="coerce")
 
-    out = pd.DataFrame({
-        "csv": str(path), "row": table.index + 1, "kind": kind, "split": split,
-        "patient_id": table["patient_id"], "laterality": table["left or right breast"].map(SIDES),
-        "view": table["image view"].str.upper(), "abnormality_id": number("abnormality id"),
-        "density": table["breast_density"].map(DENSITY), "assessment": number("assessment"),
-        "pathology_word": table["pathology"], "image_csv_path": table["image file path"],
-        "crop_csv_path": table["cropped image file path"], "roi_csv_path": table["ROI mask file path"],
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "csv": str(path),
+            "row": table.index + 1,
+            "kind": kind,
+            "split": split,
+            "patient_id": table["patient_id"],
+            "laterality": table["left or right breast"].map(SIDES),
+            "view": table["image view"].str.upper(),
+            "abnormality_id": number("abnormality id"),
+            "density": table["breast_density"].map(DENSITY),
+            "assessment": number("assessment"),
+            "pathology_word": table["pathology"],
+            "image_csv_path": table["image file path"],
+            "crop_csv_path": table["cropped image file path"],
+            "roi_csv_path": table["ROI mask file path"],
+        }
+    )
     for column, canonical in DESCRIPTOR_COLUMNS[kind].items():
         out[canonical] = table[column].map(lexicon_words)
     return out
@@ -151,7 +169,7 @@ def _breast_labels(rows: pd.DataFrame) -> pd.DataFrame:
         birads=("assessment", "max"),
         density=("density", "max"),
         **{c: (c, "first") for c in ("mass_shape", "mass_margin", "calc_morphology", "calc_distribution") if c in rows},
-    ).reset_index()  # fmt: skip
+    ).reset_index()
     breasts["pathology"] = breasts["malignant"].map({1: "malignant", 0: "benign"})
     return breasts
 
@@ -215,11 +233,15 @@ class _FileIndex:
         where = f"{row['csv']} row {row['row']}"
         full = self.files(row["image_csv_path"])
         if len(full) != 1:
-            raise SourceError(f"{where}: image file path {row['image_csv_path']!r} matches {len(full)} files "
-                              f"in the download (expected 1; is the series downloaded?)")  # fmt: skip
+            raise SourceError(
+                f"{where}: image file path {row['image_csv_path']!r} matches {len(full)} files "
+                f"in the download (expected 1; is the series downloaded?)"
+            )
         pieces = sorted(set(self.files(row["roi_csv_path"])) | set(self.files(row["crop_csv_path"])))
         if len(pieces) != 2:
-            raise SourceError(f"{where}: expected an ROI mask and a crop for {row['roi_csv_path']!r} / "
-                              f"{row['crop_csv_path']!r}, found {pieces or 'no file'} in the download")  # fmt: skip
+            raise SourceError(
+                f"{where}: expected an ROI mask and a crop for {row['roi_csv_path']!r} / "
+                f"{row['crop_csv_path']!r}, found {pieces or 'no file'} in the download"
+            )
         crop, mask = sorted(pieces, key=lambda f: self.size(f)[0] * self.size(f)[1])
         return full[0], mask, crop

@@ -24,9 +24,16 @@ from mvmlm.data.sources import SourceError, read_native_table, register_source
 from mvmlm.data.splits import source_less_split
 
 __all__ = [
-    "SHEET", "TOMPEI_SHEET", "TOMPEI_FILE", "OTHER_SIDE", "read", "read_clinical_sheet",
-    "scan_images", "read_tompei", "correct_sides",
-]  # fmt: skip
+    "SHEET",
+    "TOMPEI_SHEET",
+    "TOMPEI_FILE",
+    "OTHER_SIDE",
+    "read",
+    "read_clinical_sheet",
+    "scan_images",
+    "read_tompei",
+    "correct_sides",
+]
 
 SHEET = "CMMD_clinicaldata_revision.xlsx"
 SHEET_COLUMNS = ("ID1", "LeftRight", "Age", "abnormality", "classification")
@@ -53,8 +60,9 @@ def read(
     if extra is not None:
         tompei = read_tompei(root / extra)
         lesions = correct_sides(lesions, tompei)
-        images = images.merge(tompei[["patient_id", "laterality", "birads", "density"]], how="left",
-                              on=["patient_id", "laterality"])  # fmt: skip
+        images = images.merge(
+            tompei[["patient_id", "laterality", "birads", "density"]], how="left", on=["patient_id", "laterality"]
+        )
     table = images.merge(lesions, how="left", on=["patient_id", "laterality"])
     normal = table["classification"].isna()
     table["malignant"] = table["classification"].map(CLASSIFICATION).where(~normal, 0)
@@ -64,8 +72,23 @@ def read(
     table["age"] = table["patient_id"].map(ages).fillna(table["header_age"])
     table["dataset"] = "cmmd"
     table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
-    keep = ["dataset", "patient_id", "exam_id", "image_id", "path", "laterality", "view", "split", "age",
-            "birads", "density", "malignant", "mass", "calcification", "pathology"]  # fmt: skip
+    keep = [
+        "dataset",
+        "patient_id",
+        "exam_id",
+        "image_id",
+        "path",
+        "laterality",
+        "view",
+        "split",
+        "age",
+        "birads",
+        "density",
+        "malignant",
+        "mass",
+        "calcification",
+        "pathology",
+    ]
     return table[[c for c in keep if c in table.columns]].sort_values("path", ignore_index=True)
 
 
@@ -82,16 +105,22 @@ def read_clinical_sheet(path: Path) -> pd.DataFrame:
         abnormality = str(row["abnormality"]).strip().lower()
         classification = str(row["classification"]).strip().lower()
         if side not in OTHER_SIDE or abnormality not in ABNORMALITY or classification not in CLASSIFICATION:
-            raise SourceError(f"{where}: unexpected LeftRight/abnormality/classification "
-                              f"{row['LeftRight']!r}/{row['abnormality']!r}/{row['classification']!r}")  # fmt: skip
+            raise SourceError(
+                f"{where}: unexpected LeftRight/abnormality/classification "
+                f"{row['LeftRight']!r}/{row['abnormality']!r}/{row['classification']!r}"
+            )
         mass, calcification = ABNORMALITY[abnormality]
         age = pd.to_numeric(row["Age"], errors="coerce")
         rows.append((str(row["ID1"]).strip(), side, age, mass, calcification, classification))
     lesions = pd.DataFrame(rows, columns=["patient_id", "laterality", "Age", "mass", "calcification", "classification"])
     lesions["severity"] = lesions["classification"].map(CLASSIFICATION)
     merged = lesions.sort_values("severity", ascending=False).groupby(["patient_id", "laterality"], as_index=False)
-    return merged.agg(Age=("Age", "first"), mass=("mass", "max"), calcification=("calcification", "max"),
-                      classification=("classification", "first"))  # fmt: skip
+    return merged.agg(
+        Age=("Age", "first"),
+        mass=("mass", "max"),
+        calcification=("calcification", "max"),
+        classification=("classification", "first"),
+    )
 
 
 def scan_images(root: Path) -> pd.DataFrame:
@@ -103,13 +132,21 @@ def scan_images(root: Path) -> pd.DataFrame:
         except DicomReadError as exc:
             raise SourceError(f"unreadable CMMD image: {exc}") from None
         if meta.laterality not in OTHER_SIDE or meta.view is None:
-            raise SourceError(f"{file}: no laterality (ImageLaterality/Laterality) or view "
-                              f"(ViewPosition/ViewCodeSequence) in the header")  # fmt: skip
-        rows.append({
-            "patient_id": meta.patient_id, "exam_id": meta.study_uid, "image_id": meta.sop_uid,
-            "path": file.relative_to(root).as_posix(), "laterality": meta.laterality, "view": meta.view,
-            "header_age": meta.age,
-        })  # fmt: skip
+            raise SourceError(
+                f"{file}: no laterality (ImageLaterality/Laterality) or view "
+                f"(ViewPosition/ViewCodeSequence) in the header"
+            )
+        rows.append(
+            {
+                "patient_id": meta.patient_id,
+                "exam_id": meta.study_uid,
+                "image_id": meta.sop_uid,
+                "path": file.relative_to(root).as_posix(),
+                "laterality": meta.laterality,
+                "view": meta.view,
+                "header_age": meta.age,
+            }
+        )
     if not rows:
         raise SourceError(f"{root}: no CMMD DICOM files (*.dcm) found under the dataset root")
     return pd.DataFrame(rows)
@@ -124,8 +161,10 @@ def read_tompei(path: Path) -> pd.DataFrame:
     except ValueError as exc:
         raise SourceError(f"{path}: no sheet {TOMPEI_SHEET!r}: {exc}") from None
     if sheet.shape[1] <= max(TOMPEI_POSITIONS.values()):
-        raise SourceError(f"{path}: sheet {TOMPEI_SHEET!r} has {sheet.shape[1]} columns; "
-                          f"column {TOMPEI_POSITIONS['birads']} (BI-RADS) is missing")  # fmt: skip
+        raise SourceError(
+            f"{path}: sheet {TOMPEI_SHEET!r} has {sheet.shape[1]} columns; "
+            f"column {TOMPEI_POSITIONS['birads']} (BI-RADS) is missing"
+        )
     table = pd.DataFrame({name: sheet.iloc[:, pos] for name, pos in TOMPEI_POSITIONS.items()})
     table = table[table["patient_id"].notna()]
     table["patient_id"] = table["patient_id"].astype(str).str.strip()

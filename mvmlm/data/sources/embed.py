@@ -78,11 +78,27 @@ MASS_DENSITIES = frozenset("+-=")
 MASS_SHAPE = {"R": "round", "O": "oval", "X": "irregular"}
 MASS_MARGIN = {"D": "circumscribed", "U": "obscured", "M": "microlobulated", "I": "indistinct", "S": "spiculated"}
 CALC_MORPHOLOGY = {
-    "A": "amorphous", "9": "benign", "H": "coarse heterogeneous", "C": "coarse popcorn-like", "D": "dystrophic",
-    "E": "rim", "F": "fine linear", "B": "fine linear branching", "I": "fine pleomorphic", "L": "large rod-like",
-    "M": "milk of calcium", "J": "oil cyst", "K": "pleomorphic", "P": "punctate", "R": "round", "S": "skin",
-    "O": "lucent-centered", "U": "suture", "V": "vascular", "Q": "coarse",
-}  # fmt: skip
+    "A": "amorphous",
+    "9": "benign",
+    "H": "coarse heterogeneous",
+    "C": "coarse popcorn-like",
+    "D": "dystrophic",
+    "E": "rim",
+    "F": "fine linear",
+    "B": "fine linear branching",
+    "I": "fine pleomorphic",
+    "L": "large rod-like",
+    "M": "milk of calcium",
+    "J": "oil cyst",
+    "K": "pleomorphic",
+    "P": "punctate",
+    "R": "round",
+    "S": "skin",
+    "O": "lucent-centered",
+    "U": "suture",
+    "V": "vascular",
+    "Q": "coarse",
+}
 CALC_DISTRIBUTION = {"G": "grouped", "S": "segmental", "R": "regional", "D": "diffuse", "L": "linear", "C": "grouped"}
 DESCRIPTORS = {
     "massshape": ("mass_shape", MASS_SHAPE),
@@ -99,8 +115,10 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     clinical = _read_csv(root / CLINICAL, CLINICAL_COLUMNS)
     metadata = _read_csv(root / METADATA, METADATA_COLUMNS)
     findings = finding_rows(clinical, root / CLINICAL)
-    images = metadata[metadata["FinalImageType"].str.strip().str.upper().eq("2D")
-                      & pd.to_numeric(metadata["spot_mag"], errors="coerce").fillna(0).ne(1)]  # fmt: skip
+    images = metadata[
+        metadata["FinalImageType"].str.strip().str.upper().eq("2D")
+        & pd.to_numeric(metadata["spot_mag"], errors="coerce").fillna(0).ne(1)
+    ]
     images = images.rename(columns={"ImageLateralityFinal": "laterality", "ViewPosition": "view"})
     sided = images["laterality"].isin(["L", "R"])
     if not sided.all():
@@ -108,8 +126,11 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
         images = images[sided]
     breasts = images[["acc_anon", "laterality"]].drop_duplicates()
     joined = breasts.merge(findings, on="acc_anon", how="inner")
-    joined = joined[joined["side"].eq(joined["laterality"]).fillna(False) | joined["side"].eq("B").fillna(False)
-                    | joined["side"].isna()]  # fmt: skip
+    joined = joined[
+        joined["side"].eq(joined["laterality"]).fillna(False)
+        | joined["side"].eq("B").fillna(False)
+        | joined["side"].isna()
+    ]
     labels = _breast_labels(joined)
     exams = _exam_info(findings)
     table = images.merge(labels, on=["acc_anon", "laterality"], how="inner").merge(exams, on="acc_anon", how="left")
@@ -120,9 +141,30 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     table["patient_id"] = table["empi_anon"]
     table["exam_id"] = table["acc_anon"]
     table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
-    keep = ["dataset", "patient_id", "exam_id", "image_id", "path", "laterality", "view", "split", "age", "birads",
-            "density", "malignant", "mass", "calcification", "mass_shape", "mass_margin", "calc_morphology",
-            "calc_distribution", "pathology", "years_to_cancer", "years_to_last_followup", "screening"]  # fmt: skip
+    keep = [
+        "dataset",
+        "patient_id",
+        "exam_id",
+        "image_id",
+        "path",
+        "laterality",
+        "view",
+        "split",
+        "age",
+        "birads",
+        "density",
+        "malignant",
+        "mass",
+        "calcification",
+        "mass_shape",
+        "mass_margin",
+        "calc_morphology",
+        "calc_distribution",
+        "pathology",
+        "years_to_cancer",
+        "years_to_last_followup",
+        "screening",
+    ]
     return table[keep].sort_values(["patient_id", "exam_id", "image_id"], ignore_index=True)
 
 
@@ -139,23 +181,33 @@ def finding_rows(clinical: pd.DataFrame, path: Path) -> pd.DataFrame:
     unknown = clinical["asses"].notna() & ~clinical["asses"].isin(list(ASSESSMENT))
     if unknown.any():
         first = clinical[unknown].iloc[0]
-        raise SourceError(f"{path} row {first['source_row']}: unknown asses code {first['asses']!r}; "
-                          f"known: {sorted(ASSESSMENT)}")  # fmt: skip
+        raise SourceError(
+            f"{path} row {first['source_row']}: unknown asses code {first['asses']!r}; known: {sorted(ASSESSMENT)}"
+        )
     calcnumber = pd.to_numeric(clinical["calcnumber"], errors="coerce").fillna(0)
-    out = pd.DataFrame({
-        "empi_anon": clinical["empi_anon"], "acc_anon": clinical["acc_anon"], "side": clinical["side"],
-        "date": pd.to_datetime(clinical["study_date_anon"], errors="coerce"),
-        "screening": clinical["desc"].str.contains("screen", case=False, na=False),
-        "age": pd.to_numeric(clinical["age_at_study"], errors="coerce"),
-        "tissueden": pd.to_numeric(clinical["tissueden"], errors="coerce"),
-        "birads": clinical["asses"].map(ASSESSMENT).astype("Float64"),
-        "mass": (clinical["massshape"].isin(list(MASS_SHAPES_THAT_ARE_MASSES)) | clinical["massmargin"].notna()
-                 | clinical["massdens"].isin(list(MASS_DENSITIES))).astype(int),
-        "calcification": (clinical["calcfind"].notna() | clinical["calcdistri"].notna() | calcnumber.ne(0)).astype(int),
-        "finding": clinical[["massshape", "massmargin", "massdens", "calcfind", "calcdistri"]].notna().any(axis=1)
-        | calcnumber.ne(0),
-        "severity": pd.to_numeric(clinical["path_severity"], errors="coerce"),
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "empi_anon": clinical["empi_anon"],
+            "acc_anon": clinical["acc_anon"],
+            "side": clinical["side"],
+            "date": pd.to_datetime(clinical["study_date_anon"], errors="coerce"),
+            "screening": clinical["desc"].str.contains("screen", case=False, na=False),
+            "age": pd.to_numeric(clinical["age_at_study"], errors="coerce"),
+            "tissueden": pd.to_numeric(clinical["tissueden"], errors="coerce"),
+            "birads": clinical["asses"].map(ASSESSMENT).astype("Float64"),
+            "mass": (
+                clinical["massshape"].isin(list(MASS_SHAPES_THAT_ARE_MASSES))
+                | clinical["massmargin"].notna()
+                | clinical["massdens"].isin(list(MASS_DENSITIES))
+            ).astype(int),
+            "calcification": (clinical["calcfind"].notna() | clinical["calcdistri"].notna() | calcnumber.ne(0)).astype(
+                int
+            ),
+            "finding": clinical[["massshape", "massmargin", "massdens", "calcfind", "calcdistri"]].notna().any(axis=1)
+            | calcnumber.ne(0),
+            "severity": pd.to_numeric(clinical["path_severity"], errors="coerce"),
+        }
+    )
     for column, (canonical, words) in DESCRIPTORS.items():
         out[canonical] = clinical[column].map(words)
     out["cancer"] = out["severity"].isin(CANCER_SEVERITY)
@@ -167,11 +219,14 @@ def _breast_labels(joined: pd.DataFrame) -> pd.DataFrame:
     ordered = joined.sort_values(["cancer", "birads"], ascending=False, na_position="last")
     groups = ordered.groupby(["acc_anon", "laterality"], sort=False)
     labels = groups.agg(
-        birads=("birads", "max"), mass=("mass", "max"), calcification=("calcification", "max"),
-        malignant=("cancer", "max"), finding=("finding", "max"),
+        birads=("birads", "max"),
+        mass=("mass", "max"),
+        calcification=("calcification", "max"),
+        malignant=("cancer", "max"),
+        finding=("finding", "max"),
         biopsied=("severity", lambda s: s.notna().any()),
         **{c: (c, "first") for c in ("mass_shape", "mass_margin", "calc_morphology", "calc_distribution")},
-    ).reset_index()  # fmt: skip
+    ).reset_index()
     labels["malignant"] = labels["malignant"].astype(int)
     labels["pathology"] = None
     labels.loc[labels["biopsied"], "pathology"] = "benign"
@@ -183,9 +238,13 @@ def _breast_labels(joined: pd.DataFrame) -> pd.DataFrame:
 def _exam_info(findings: pd.DataFrame) -> pd.DataFrame:
     """Per exam: age, density, screening flag and the risk follow-up."""
     exams = findings.groupby("acc_anon", as_index=False).agg(
-        empi_anon=("empi_anon", "first"), date=("date", "first"), age=("age", "first"),
-        tissueden=("tissueden", "first"), screening=("screening", "max"), cancer=("cancer", "max"),
-    )  # fmt: skip
+        empi_anon=("empi_anon", "first"),
+        date=("date", "first"),
+        age=("age", "first"),
+        tissueden=("tissueden", "first"),
+        screening=("screening", "max"),
+        cancer=("cancer", "max"),
+    )
     exams["density"] = exams["tissueden"].map(DENSITY)
     exams[["years_to_cancer", "years_to_last_followup"]] = follow_up(exams)
     return exams[["acc_anon", "age", "density", "screening", "years_to_cancer", "years_to_last_followup"]]
@@ -202,14 +261,19 @@ def follow_up(exams: pd.DataFrame) -> pd.DataFrame:
     after_diagnosis = cancer_date.notna() & (exams["date"] > cancer_date)
     years_to_cancer = ((cancer_date - exams["date"]).dt.days / DAYS_PER_YEAR).where(~after_diagnosis)
     years_to_last = (exams["empi_anon"].map(last_exam) - exams["date"]).dt.days / DAYS_PER_YEAR
-    return pd.DataFrame({
-        "years_to_cancer": years_to_cancer,
-        "years_to_last_followup": years_to_cancer.where(cancer_date.notna(), years_to_last).where(~after_diagnosis),
-    }, index=exams.index)  # fmt: skip
+    return pd.DataFrame(
+        {
+            "years_to_cancer": years_to_cancer,
+            "years_to_last_followup": years_to_cancer.where(cancer_date.notna(), years_to_last).where(~after_diagnosis),
+        },
+        index=exams.index,
+    )
 
 
 def _check_files(root: Path, table: pd.DataFrame) -> None:
     missing = table.loc[~table["path"].map(lambda p: (root / p).is_file())]
     if not missing.empty:
-        raise SourceError(f"{root / METADATA} row {missing['source_row'].iloc[0]}: image {missing['path'].iloc[0]} "
-                          f"not found ({len(missing)} missing image(s) in all)")  # fmt: skip
+        raise SourceError(
+            f"{root / METADATA} row {missing['source_row'].iloc[0]}: image {missing['path'].iloc[0]} "
+            f"not found ({len(missing)} missing image(s) in all)"
+        )

@@ -34,10 +34,33 @@ __all__ = ["TRAIN_FILE", "TRAIN_COLUMNS", "TEST_COLUMNS", "read"]
 
 TRAIN_FILE = "train.csv"
 #: documented header orders (the writer uses them; reading goes by name)
-TRAIN_COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy", "invasive",
-                 "BIRADS", "implant", "density", "machine_id", "difficult_negative_case")  # fmt: skip
-TEST_COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age", "implant", "machine_id",
-                "prediction_id")  # fmt: skip
+TRAIN_COLUMNS = (
+    "site_id",
+    "patient_id",
+    "image_id",
+    "laterality",
+    "view",
+    "age",
+    "cancer",
+    "biopsy",
+    "invasive",
+    "BIRADS",
+    "implant",
+    "density",
+    "machine_id",
+    "difficult_negative_case",
+)
+TEST_COLUMNS = (
+    "site_id",
+    "patient_id",
+    "image_id",
+    "laterality",
+    "view",
+    "age",
+    "implant",
+    "machine_id",
+    "prediction_id",
+)
 NEEDED = ("patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy", "BIRADS", "density")
 TEXT = ("patient_id", "image_id", "laterality", "view", "density")  # read as text, so ids stay exact strings
 #: BIRADS precedence when the views of a breast disagree (lower rank wins)
@@ -59,17 +82,22 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
     biopsy = train["biopsy"].fillna(0).astype(int).groupby(breast).transform("max")
     rank = train["BIRADS"].map(BIRADS_RANK).groupby(breast).transform("min")
     code = {r: c for c, r in BIRADS_RANK.items()}
-    table = pd.DataFrame({
-        "dataset": "rsna", "patient_id": train["patient_id"], "exam_id": train["patient_id"],
-        "image_id": train["image_id"],
-        "path": "train_images/" + train["patient_id"] + "/" + train["image_id"] + ".dcm",
-        "laterality": train["laterality"], "view": train["view"],
-        "age": train["age"].groupby(train["patient_id"]).transform("first"),
-        "birads": rank.map(code).astype("Int64"),
-        "density": train["density"].groupby(breast).transform("first"),
-        "malignant": cancer,
-        "pathology": np.where(cancer == 1, "malignant", np.where(biopsy == 1, "benign", None)),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "dataset": "rsna",
+            "patient_id": train["patient_id"],
+            "exam_id": train["patient_id"],
+            "image_id": train["image_id"],
+            "path": "train_images/" + train["patient_id"] + "/" + train["image_id"] + ".dcm",
+            "laterality": train["laterality"],
+            "view": train["view"],
+            "age": train["age"].groupby(train["patient_id"]).transform("first"),
+            "birads": rank.map(code).astype("Int64"),
+            "density": train["density"].groupby(breast).transform("first"),
+            "malignant": cancer,
+            "pathology": np.where(cancer == 1, "malignant", np.where(biopsy == 1, "benign", None)),
+        }
+    )
     table["split"] = source_less_split(table["patient_id"], seed=seed, val_fraction=val_fraction)
     return table
 
@@ -86,5 +114,7 @@ def _check_values(train: pd.DataFrame, path: Path) -> None:
     }
     for column, ok in checks.items():
         if not ok.all():
-            raise SourceError(f"{path} row {csv_line(~ok)}: column {column!r} has {train.loc[~ok, column].iloc[0]!r}; "
-                              "see the RSNA data description for its values")  # fmt: skip
+            raise SourceError(
+                f"{path} row {csv_line(~ok)}: column {column!r} has {train.loc[~ok, column].iloc[0]!r}; "
+                "see the RSNA data description for its values"
+            )

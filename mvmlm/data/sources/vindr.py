@@ -43,10 +43,28 @@ __all__ = [
 BREAST_FILE = "breast-level_annotations.csv"
 FINDING_FILE = "finding_annotations.csv"
 #: documented header order (the writer uses it; reading goes by name)
-BREAST_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-                  "breast_birads", "breast_density", "split")  # fmt: skip
-FINDING_COLUMNS = (*BREAST_COLUMNS[:-1], "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax",
-                   "split")  # fmt: skip
+BREAST_COLUMNS = (
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "split",
+)
+FINDING_COLUMNS = (
+    *BREAST_COLUMNS[:-1],
+    "finding_categories",
+    "finding_birads",
+    "xmin",
+    "ymin",
+    "xmax",
+    "ymax",
+    "split",
+)
 BREAST_NEEDED = ("study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density", "split")
 FINDING_NEEDED = ("image_id", "height", "width", "finding_categories", "xmin", "ymin", "xmax", "ymax")
 BOX = ("xmin", "ymin", "xmax", "ymax")
@@ -76,16 +94,23 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
         raise SourceError(f"{root / 'images'}: VinDr image folder not found (images/<study_id>/<image_id>.dicom)")
     unknown = ~images["split"].isin(list(SPLITS))
     if unknown.any():
-        raise SourceError(f"{root / BREAST_FILE} row {csv_line(unknown)}: column 'split' has "
-                          f"{images['split'][unknown].iloc[0]!r}; expected one of {sorted(SPLITS)}")  # fmt: skip
-    table = pd.DataFrame({
-        "dataset": "vindr", "patient_id": images["study_id"], "exam_id": images["study_id"],
-        "image_id": images["image_id"],
-        "path": "images/" + images["study_id"] + "/" + images["image_id"] + ".dicom",
-        "laterality": images["laterality"], "view": images["view_position"],
-        "birads": _parse(images, "breast_birads", BIRADS, root / BREAST_FILE).astype("Int64"),
-        "density": _parse(images, "breast_density", DENSITY, root / BREAST_FILE),
-    })  # fmt: skip
+        raise SourceError(
+            f"{root / BREAST_FILE} row {csv_line(unknown)}: column 'split' has "
+            f"{images['split'][unknown].iloc[0]!r}; expected one of {sorted(SPLITS)}"
+        )
+    table = pd.DataFrame(
+        {
+            "dataset": "vindr",
+            "patient_id": images["study_id"],
+            "exam_id": images["study_id"],
+            "image_id": images["image_id"],
+            "path": "images/" + images["study_id"] + "/" + images["image_id"] + ".dicom",
+            "laterality": images["laterality"],
+            "view": images["view_position"],
+            "birads": _parse(images, "breast_birads", BIRADS, root / BREAST_FILE).astype("Int64"),
+            "density": _parse(images, "breast_density", DENSITY, root / BREAST_FILE),
+        }
+    )
     per_image = _image_findings(findings, root / FINDING_FILE)
     table = table.merge(per_image, how="left", on="image_id")
     table["boxes"] = [boxes if isinstance(boxes, list) else [] for boxes in table["boxes"]]
@@ -101,8 +126,10 @@ def _parse(table: pd.DataFrame, column: str, pattern: re.Pattern, path: Path) ->
     values = table[column].str.strip()
     bad = ~values.str.fullmatch(pattern.pattern) & (values != "")
     if bad.any():
-        raise SourceError(f"{path} row {csv_line(bad)}: column {column!r} has {values[bad].iloc[0]!r}; "
-                          f"expected the pattern {pattern.pattern!r}")  # fmt: skip
+        raise SourceError(
+            f"{path} row {csv_line(bad)}: column {column!r} has {values[bad].iloc[0]!r}; "
+            f"expected the pattern {pattern.pattern!r}"
+        )
     return values.str.extract(f"^{pattern.pattern}$", expand=False).astype("string")
 
 
@@ -112,8 +139,10 @@ def _categories(value: str, path: Path, line: int) -> list[str]:
     except (ValueError, SyntaxError):
         parsed = None
     if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
-        raise SourceError(f"{path} row {line}: column 'finding_categories' has {value!r}; expected a Python list of "
-                          "category names such as ['Mass'] or ['Suspicious Calcification', 'Mass']")  # fmt: skip
+        raise SourceError(
+            f"{path} row {line}: column 'finding_categories' has {value!r}; expected a Python list of "
+            "category names such as ['Mass'] or ['Suspicious Calcification', 'Mass']"
+        )
     return [item.strip() for item in parsed]
 
 
@@ -136,5 +165,6 @@ def _image_findings(findings: pd.DataFrame, path: Path) -> pd.DataFrame:
             raise SourceError(f"{path} row {line}: box or image size is not a number ({values})") from None
         clipped = np.clip(corners, 0.0, size).tolist()
         boxes[row.image_id] += [{"finding": name, **dict(zip(BOX, clipped, strict=True))} for name in names]
-    return pd.DataFrame({"image_id": list(boxes), "categories": [categories[i] for i in boxes],
-                         "boxes": list(boxes.values())})  # fmt: skip
+    return pd.DataFrame(
+        {"image_id": list(boxes), "categories": [categories[i] for i in boxes], "boxes": list(boxes.values())}
+    )

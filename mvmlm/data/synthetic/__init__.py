@@ -10,8 +10,6 @@ adapter must produce. That expected table is saved as ``DIR/synthetic_truth.parq
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,45 +17,33 @@ from pathlib import Path
 
 import pandas as pd
 
-from mvmlm.config import MISSING, load_config
+from mvmlm.config import MISSING
 from mvmlm.data import schema
-from mvmlm.data.sources import SOURCE_MODULES
+from mvmlm.data.sources import SOURCES
+from mvmlm.registry import Registry
 
 __all__ = ["FORMATS", "TRUTH_FILE", "register_format", "write_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 
 TRUTH_FILE = "synthetic_truth.parquet"
-#: one writer per source adapter, named like it
-FORMAT_MODULES = {name: f"mvmlm.data.synthetic.{name}" for name in SOURCE_MODULES}
-#: format -> writer(truth, out_dir, height=, width=, seed=) -> expected canonical table
-FORMATS: dict[str, Callable[..., pd.DataFrame]] = {}
-
-
-def register_format(name: str):
-    """Register a native-format writer under ``name``."""
-
-    def add(fn: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
-        if name in FORMATS:
-            raise ValueError(f"synthetic format {name!r} registered twice")
-        FORMATS[name] = fn
-        return fn
-
-    return add
+#: format -> ``writer(truth, out_dir, height=, width=, seed=) -> expected canonical table``; one per source
+#: adapter, named like it, each registering itself when first used
+FORMATS: Registry[Callable[..., pd.DataFrame]] = Registry(
+    "synthetic format", lazy={name: f"mvmlm.data.synthetic.{name}" for name in SOURCES.names()}
+)
+register_format = FORMATS.register
 
 
 def write_synthetic(fmt: str, out: str | Path, *, exams: int, seed: int, height: int, width: int) -> pd.DataFrame:
     """Write ``exams`` synthetic exams in format ``fmt`` under ``out``; return (and save) the expected table."""
     from mvmlm.data.synthetic.truth import sample_exams
 
-    if fmt not in FORMAT_MODULES:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMAT_MODULES))}")
-    if fmt not in FORMATS:
-        importlib.import_module(FORMAT_MODULES[fmt])
+    writer = FORMATS.get(fmt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = sample_exams(exams, seed)
-    expected = schema.conform(FORMATS[fmt](truth, out, height=height, width=width, seed=seed))
+    expected = schema.conform(writer(truth, out, height=height, width=width, seed=seed))
     expected.to_parquet(out / TRUTH_FILE, index=False)
     return expected
 
@@ -74,12 +60,9 @@ class SynthConfig:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """``mvmlm synth-data``."""
-    parser = argparse.ArgumentParser(prog="mvmlm synth-data", description=__doc__)
-    parser.add_argument("--format", choices=sorted(FORMAT_MODULES))
-    parser.add_argument("--out")
-    parser.add_argument("--exams", type=int)
-    parser.add_argument("--seed", type=int)
-    cfg = load_config(SynthConfig, argv, parser=parser)
+    from mvmlm.commands import SYNTH_DATA
+
+    cfg = SYNTH_DATA.parse(argv)
     table = write_synthetic(cfg.format, cfg.out, exams=cfg.exams, seed=cfg.seed, height=cfg.height, width=cfg.width)
     log.info("wrote %d %s images of %d exams to %s", len(table), cfg.format, table.exam_id.nunique(), cfg.out)
     return table

@@ -30,18 +30,48 @@ __all__ = ["write"]
 CBIS_WORDS = {
     "mass_shape": {"oval": "OVAL", "round": "ROUND", "irregular": "IRREGULAR"},
     "mass_margin": {"circumscribed": "CIRCUMSCRIBED", "spiculated": "SPICULATED"},
-    "calc_morphology": {"punctate": "PUNCTATE", "round": "ROUND_AND_REGULAR", "fine pleomorphic": "PLEOMORPHIC",
-                        "fine linear branching": "FINE_LINEAR_BRANCHING"},
+    "calc_morphology": {
+        "punctate": "PUNCTATE",
+        "round": "ROUND_AND_REGULAR",
+        "fine pleomorphic": "PLEOMORPHIC",
+        "fine linear branching": "FINE_LINEAR_BRANCHING",
+    },
     "calc_distribution": {"grouped": "CLUSTERED", "regional": "REGIONAL", "linear": "LINEAR", "segmental": "SEGMENTAL"},
-}  # fmt: skip
+}
 HEADERS = {
-    "mass": ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
-             "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
-             "image file path", "cropped image file path", "ROI mask file path"],
-    "calc": ["patient_id", "breast density", "left or right breast", "image view", "abnormality id",
-             "abnormality type", "calc type", "calc distribution", "assessment", "pathology", "subtlety",
-             "image file path", "cropped image file path", "ROI mask file path"],
-}  # fmt: skip
+    "mass": [
+        "patient_id",
+        "breast_density",
+        "left or right breast",
+        "image view",
+        "abnormality id",
+        "abnormality type",
+        "mass shape",
+        "mass margins",
+        "assessment",
+        "pathology",
+        "subtlety",
+        "image file path",
+        "cropped image file path",
+        "ROI mask file path",
+    ],
+    "calc": [
+        "patient_id",
+        "breast density",
+        "left or right breast",
+        "image view",
+        "abnormality id",
+        "abnormality type",
+        "calc type",
+        "calc distribution",
+        "assessment",
+        "pathology",
+        "subtlety",
+        "image file path",
+        "cropped image file path",
+        "ROI mask file path",
+    ],
+}
 KIND_WORDS = {"mass": "Mass", "calc": "Calc"}
 SPLIT_WORDS = {"train": "Training", "test": "Test"}
 COMBINED_SHAPE = ("IRREGULAR-ARCHITECTURAL_DISTORTION", "irregular, architectural distortion")
@@ -80,11 +110,20 @@ class _Writer:
                 sop_uid=self.uid(subject, description, index),
                 **keywords,
             )
-        self.metadata.append({
-            "Series UID": series, "Collection": "CBIS-DDSM", "Subject ID": subject, "Study UID": study,
-            "Study Description": "", "Study Date": "07-20-2016", "Series Description": description,
-            "Modality": "MG", "Number of Images": len(files), "File Location": f"./{folder}",
-        })  # fmt: skip
+        self.metadata.append(
+            {
+                "Series UID": series,
+                "Collection": "CBIS-DDSM",
+                "Subject ID": subject,
+                "Study UID": study,
+                "Study Description": "",
+                "Study Date": "07-20-2016",
+                "Series Description": description,
+                "Modality": "MG",
+                "Number of Images": len(files),
+                "File Location": f"./{folder}",
+            }
+        )
         return study, series, folder
 
     def breast(self, rows: pd.DataFrame, patient: str, split: str) -> None:
@@ -97,15 +136,27 @@ class _Writer:
         expected_shape = first["mass_shape"]
         if first["malignant"] == 1 and "mass" in kinds and not self.combined_shape_used:
             (words["mass_shape"], expected_shape), self.combined_shape_used = COMBINED_SHAPE, True
-        main = {"pathology": "MALIGNANT" if first["malignant"] == 1 else next(self.benign_words),
-                "assessment": int(first["birads"]), **words}  # fmt: skip
-        second = {**main, "pathology": "BENIGN" if first["malignant"] == 1 else "BENIGN_WITHOUT_CALLBACK",
-                  "assessment": 2, "calc_morphology": "N/A"}  # fmt: skip
+        main = {
+            "pathology": "MALIGNANT" if first["malignant"] == 1 else next(self.benign_words),
+            "assessment": int(first["birads"]),
+            **words,
+        }
+        second = {
+            **main,
+            "pathology": "BENIGN" if first["malignant"] == 1 else "BENIGN_WITHOUT_CALLBACK",
+            "assessment": 2,
+            "calc_morphology": "N/A",
+        }
         for _, row in rows.iterrows():
             native = render_native(row.to_dict(), self.height, self.width, seed=self.seed * 7919 + int(row.name))
-            keywords = {"laterality": row["laterality"], "view": row["view"], "photometric": row["photometric"],
-                        "bits_stored": int(row["bits_stored"]), "voi_function": row["voi_function"],
-                        "transfer_syntax": row["transfer_syntax"]}  # fmt: skip
+            keywords = {
+                "laterality": row["laterality"],
+                "view": row["view"],
+                "photometric": row["photometric"],
+                "bits_stored": int(row["bits_stored"]),
+                "voi_function": row["voi_function"],
+                "transfer_syntax": row["transfer_syntax"],
+            }
             image_id = f"{patient}_{WORDS[row['laterality']]}_{row['view']}"
             paths, rois, crops = [], [], []
             for kind in kinds:
@@ -122,13 +173,34 @@ class _Writer:
                     self.csv_rows[(kind, split)].append(
                         _csv_row(kind, patient, row, number, values, subtlety, csv_paths)
                     )
-            self.expected.append({
-                **row[["laterality", "view", "birads", "density", "malignant", "mass", "calcification", "mass_margin",
-                       "calc_morphology", "calc_distribution", "pathology"]].to_dict(),
-                "dataset": "cbis_ddsm", "patient_id": patient, "exam_id": patient, "image_id": image_id,
-                "path": paths[0], "mass_shape": expected_shape, "source_split": split,
-                "roi_path": ";".join(rois), "crop_path": ";".join(crops),
-            })  # fmt: skip
+            self.expected.append(
+                {
+                    **row[
+                        [
+                            "laterality",
+                            "view",
+                            "birads",
+                            "density",
+                            "malignant",
+                            "mass",
+                            "calcification",
+                            "mass_margin",
+                            "calc_morphology",
+                            "calc_distribution",
+                            "pathology",
+                        ]
+                    ].to_dict(),
+                    "dataset": "cbis_ddsm",
+                    "patient_id": patient,
+                    "exam_id": patient,
+                    "image_id": image_id,
+                    "path": paths[0],
+                    "mass_shape": expected_shape,
+                    "source_split": split,
+                    "roi_path": ";".join(rois),
+                    "crop_path": ";".join(crops),
+                }
+            )
 
     def abnormality(self, subject: str, native: np.ndarray, mask: np.ndarray, keywords: dict) -> tuple[str, ...]:
         """Write the crop and ROI mask of one abnormality; return (mask file, crop file, crop CSV, ROI CSV path)."""
@@ -141,8 +213,12 @@ class _Writer:
         if layout == "two series":
             study, crop_series, crop_folder = self.series(subject, "cropped images", [crop_file])
             _, mask_series, mask_folder = self.series(subject, "ROI mask images", [mask_file])
-            return (f"{mask_folder}/1-1.dcm", f"{crop_folder}/1-1.dcm", f"{subject}/{study}/{crop_series}/000000.dcm",
-                    f"{subject}/{study}/{mask_series}/000000.dcm")  # fmt: skip
+            return (
+                f"{mask_folder}/1-1.dcm",
+                f"{crop_folder}/1-1.dcm",
+                f"{subject}/{study}/{crop_series}/000000.dcm",
+                f"{subject}/{study}/{mask_series}/000000.dcm",
+            )
         crop_index, mask_index = (1, 0) if layout == "one series, mask first" else (0, 1)
         pair = [mask_file, crop_file] if crop_index else [crop_file, mask_file]
         study, series, folder = self.series(subject, "ROI mask images", pair)
@@ -158,11 +234,25 @@ class _Writer:
 def _csv_row(kind: str, patient: str, row: pd.Series, number: int, values: dict, subtlety: int, paths: tuple) -> dict:
     """One case-description CSV row of abnormality ``number`` of the image ``row``."""
     descriptors = ("mass_shape", "mass_margin") if kind == "mass" else ("calc_morphology", "calc_distribution")
-    return dict(zip(HEADERS[kind], [
-        patient, "ABCD".index(row["density"]) + 1, WORDS[row["laterality"]], row["view"], number,
-        "mass" if kind == "mass" else "calcification", *(values[d] for d in descriptors), values["assessment"],
-        values["pathology"], subtlety, *paths,
-    ], strict=True))  # fmt: skip
+    return dict(
+        zip(
+            HEADERS[kind],
+            [
+                patient,
+                "ABCD".index(row["density"]) + 1,
+                WORDS[row["laterality"]],
+                row["view"],
+                number,
+                "mass" if kind == "mass" else "calcification",
+                *(values[d] for d in descriptors),
+                values["assessment"],
+                values["pathology"],
+                subtlety,
+                *paths,
+            ],
+            strict=True,
+        )
+    )
 
 
 def _masks(row: pd.Series, shape: tuple[int, int], parts: int) -> list[np.ndarray]:

@@ -61,16 +61,31 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         for side in lesioned:
             b = breasts.loc[side]
             subtype = SUBTYPES[counters[cohort] % len(SUBTYPES)] if cohort == "D2" and b["malignant"] == 1 else None
-            sheet.append({
-                "ID1": patient, "LeftRight": OTHER_SIDE[side] if swap else side, "Age": age,
-                "number": int((exam["laterality"] == side).sum()),
-                "abnormality": _abnormality(b["mass"], b["calcification"]),
-                "classification": "Malignant" if b["malignant"] == 1 else "Benign", "subtype": subtype,
-            })  # fmt: skip
+            sheet.append(
+                {
+                    "ID1": patient,
+                    "LeftRight": OTHER_SIDE[side] if swap else side,
+                    "Age": age,
+                    "number": int((exam["laterality"] == side).sum()),
+                    "abnormality": _abnormality(b["mass"], b["calcification"]),
+                    "classification": "Malignant" if b["malignant"] == 1 else "Benign",
+                    "subtype": subtype,
+                }
+            )
         for side in sides:
             b = breasts.loc[side]
-            tompei.append([patient, side, age, str(b["pathology"]).capitalize(), None, DENSITY_WORDS[b["density"]],
-                           *[None] * (TOMPEI_WIDTH - 7), int(b["birads"])])  # fmt: skip
+            tompei.append(
+                [
+                    patient,
+                    side,
+                    age,
+                    str(b["pathology"]).capitalize(),
+                    None,
+                    DENSITY_WORDS[b["density"]],
+                    *[None] * (TOMPEI_WIDTH - 7),
+                    int(b["birads"]),
+                ]
+            )
         expected += _write_images(exam[exam["laterality"].isin(sides)], out, patient, age, rng, height, width, seed)
     _write_sheets(out, sheet, tompei)
     table = pd.DataFrame(expected)
@@ -78,8 +93,9 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
     return table
 
 
-def _write_images(exam: pd.DataFrame, out: Path, patient: str, age: int, rng: np.random.Generator,
-                  height: int, width: int, seed: int) -> list[dict]:  # fmt: skip
+def _write_images(
+    exam: pd.DataFrame, out: Path, patient: str, age: int, rng: np.random.Generator, height: int, width: int, seed: int
+) -> list[dict]:
     """One study and series per patient, files ``1-1.dcm`` ... in the NBIA layout (old or new folder names)."""
 
     def uid(key: str) -> str:
@@ -88,26 +104,50 @@ def _write_images(exam: pd.DataFrame, out: Path, patient: str, age: int, rng: np
     date = f"{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}-{rng.integers(2012, 2017)}"
     study_dir, series_dir = (
         (f"{date}-NA-NA-{rng.integers(10000, 99999)}", f"1.000000-NA-{rng.integers(10000, 99999)}")
-        if rng.random() < 0.5 else (f"{date}-{rng.integers(10000, 99999)}", f"1.000000-{rng.integers(10000, 99999)}")
-    )  # fmt: skip
+        if rng.random() < 0.5
+        else (f"{date}-{rng.integers(10000, 99999)}", f"1.000000-{rng.integers(10000, 99999)}")
+    )
     folder = out / "CMMD" / patient / study_dir / series_dir
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for number, (_, row) in enumerate(exam.iterrows(), start=1):
         pixels = render_native({**row.to_dict(), "bits_stored": 8}, height, width, seed=seed * 7919 + number)
         path = write_mammogram_dicom(
-            folder / f"1-{number}.dcm", pixels,
-            laterality=row["laterality"], view=row["view"], patient_id=patient, study_uid=uid("study"),
-            series_uid=uid("series"), sop_uid=uid(row["image_id"]), photometric="MONOCHROME2", bits_stored=8,
-            voi_function="SIGMOID", window=(128.0, 256.0), transfer_syntax=row["transfer_syntax"],
-            view_code_sequence=True, view_position=False, age=age,
-        )  # fmt: skip
-        rows.append({
-            "dataset": "cmmd", "patient_id": patient, "exam_id": uid("study"), "image_id": uid(row["image_id"]),
-            "path": path.relative_to(out).as_posix(), "laterality": row["laterality"], "view": row["view"],
-            "age": float(age), "birads": row["birads"], "density": row["density"], "malignant": row["malignant"],
-            "mass": row["mass"], "calcification": row["calcification"], "pathology": row["pathology"],
-        })  # fmt: skip
+            folder / f"1-{number}.dcm",
+            pixels,
+            laterality=row["laterality"],
+            view=row["view"],
+            patient_id=patient,
+            study_uid=uid("study"),
+            series_uid=uid("series"),
+            sop_uid=uid(row["image_id"]),
+            photometric="MONOCHROME2",
+            bits_stored=8,
+            voi_function="SIGMOID",
+            window=(128.0, 256.0),
+            transfer_syntax=row["transfer_syntax"],
+            view_code_sequence=True,
+            view_position=False,
+            age=age,
+        )
+        rows.append(
+            {
+                "dataset": "cmmd",
+                "patient_id": patient,
+                "exam_id": uid("study"),
+                "image_id": uid(row["image_id"]),
+                "path": path.relative_to(out).as_posix(),
+                "laterality": row["laterality"],
+                "view": row["view"],
+                "age": float(age),
+                "birads": row["birads"],
+                "density": row["density"],
+                "malignant": row["malignant"],
+                "mass": row["mass"],
+                "calcification": row["calcification"],
+                "pathology": row["pathology"],
+            }
+        )
     return rows
 
 
@@ -115,11 +155,19 @@ def _write_sheets(out: Path, sheet: list[dict], tompei: list[list]) -> None:
     """The CMMD clinical sheet and the TOMPEI-CMMD xlsx (README + Imaging Diagnosis sheet with 2 header rows)."""
     pd.DataFrame(sheet).to_excel(out / SHEET, index=False, sheet_name="Sheet1")
     names = [None] * TOMPEI_WIDTH
-    for name, position in {"ID": 0, "LeftRight": 1, "Age": 2, "class": 3, "exclusion reason": 4, "density": 5,
-                           "BI-RADS": TOMPEI_WIDTH - 1}.items():  # fmt: skip
+    for name, position in {
+        "ID": 0,
+        "LeftRight": 1,
+        "Age": 2,
+        "class": 3,
+        "exclusion reason": 4,
+        "density": 5,
+        "BI-RADS": TOMPEI_WIDTH - 1,
+    }.items():
         names[position] = name
     groups = ["Patient", None, None, "Imaging diagnosis"] + [None] * (TOMPEI_WIDTH - 4)
     with pd.ExcelWriter(out / TOMPEI_FILE, engine="openpyxl") as writer:
         pd.DataFrame({"README": ["Synthetic TOMPEI-CMMD clinical data (mvmlm test fixture)."]}).to_excel(
-            writer, sheet_name="README", index=False)  # fmt: skip
+            writer, sheet_name="README", index=False
+        )
         pd.DataFrame([groups, names, *tompei]).to_excel(writer, sheet_name=TOMPEI_SHEET, index=False, header=False)

@@ -31,10 +31,12 @@ ASSES = {0: "A", 1: "N", 2: "B", 3: "P", 4: "S", 5: "M", 6: "K"}
 CODES = {
     "mass_shape": ("massshape", {"oval": "O", "round": "R", "irregular": "X"}),
     "mass_margin": ("massmargin", {"circumscribed": "D", "spiculated": "S"}),
-    "calc_morphology": ("calcfind", {"punctate": "P", "round": "R", "fine pleomorphic": "I",
-                                     "fine linear branching": "B"}),
+    "calc_morphology": (
+        "calcfind",
+        {"punctate": "P", "round": "R", "fine pleomorphic": "I", "fine linear branching": "B"},
+    ),
     "calc_distribution": ("calcdistri", {"grouped": "G", "regional": "R", "linear": "L", "segmental": "S"}),
-}  # fmt: skip
+}
 RACES = ("Caucasian or White", "African American  or Black", "Asian", "Unknown, Unavailable or Unreported")
 ETHNIC_GROUPS = ("Non-Hispanic or Latino", "Hispanic or Latino", "Unknown~Hispanic")
 SCREENING_DESC = ("MG Screening Bilateral", "MG Screen Bilat w/Tomo/CAD Stnd Protocol")
@@ -43,8 +45,14 @@ DIAGNOSTIC_DESC = ("MG Diagnostic Mammo Bilateral", "MG Diag Bilat w/Tomo/CAD")
 
 def _finding(breast: pd.Series | None, side: str | float, number: int, severity: float) -> dict:
     """One clinical finding row's finding columns (``breast`` None: no finding, exam-level assessment)."""
-    row = {"side": side, "numfind": number, "asses": "N", "path_severity": severity,
-           "bside": side if not pd.isna(severity) else np.nan, "calcnumber": 0}  # fmt: skip
+    row = {
+        "side": side,
+        "numfind": number,
+        "asses": "N",
+        "path_severity": severity,
+        "bside": side if not pd.isna(severity) else np.nan,
+        "calcnumber": 0,
+    }
     if breast is not None and breast["pathology"] != "normal":
         row["asses"] = ASSES[int(breast["birads"])]
         row.update({column: codes.get(breast[word]) for word, (column, codes) in CODES.items()})
@@ -72,32 +80,76 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         desc = (SCREENING_DESC if screening else DIAGNOSTIC_DESC)[int(tomo)]
         lesioned = [s for s, b in breasts.items() if b["pathology"] != "normal"]
         severity = {s: next(cancer_severity) if breasts[s]["malignant"] == 1 else 4 for s in lesioned}
-        findings = ([_finding(b, s, n, severity.get(s, np.nan)) for n, (s, b) in enumerate(breasts.items(), 1)]
-                    if lesioned else [_finding(None, next(no_finding_side), 1, np.nan)])  # fmt: skip
-        exam = {"empi_anon": str(empi), "acc_anon": acc, "study_date_anon": date.strftime("%Y-%m-%d"), "desc": desc,
-                "tissueden": float("ABCD".index(first["density"]) + 1), "age_at_study": float(first["age"]),
-                "ETHNICITY_DESC": RACES[index % len(RACES)], "ETHNIC_GROUP_DESC": ETHNIC_GROUPS[index % 3],
-                "total_L_find": int("L" in lesioned), "total_R_find": int("R" in lesioned)}  # fmt: skip
+        findings = (
+            [_finding(b, s, n, severity.get(s, np.nan)) for n, (s, b) in enumerate(breasts.items(), 1)]
+            if lesioned
+            else [_finding(None, next(no_finding_side), 1, np.nan)]
+        )
+        exam = {
+            "empi_anon": str(empi),
+            "acc_anon": acc,
+            "study_date_anon": date.strftime("%Y-%m-%d"),
+            "desc": desc,
+            "tissueden": float("ABCD".index(first["density"]) + 1),
+            "age_at_study": float(first["age"]),
+            "ETHNICITY_DESC": RACES[index % len(RACES)],
+            "ETHNIC_GROUP_DESC": ETHNIC_GROUPS[index % 3],
+            "total_L_find": int("L" in lesioned),
+            "total_R_find": int("R" in lesioned),
+        }
         clinical += [{**exam, **finding} for finding in findings]
         years_to_cancer, years_to_followup = _later_exam(clinical, exam, first, date)
         for _, row in rows.iterrows():
             files = [("2D", 0)] + [("cview", 0)] * tomo + [("2D", 1)] * (not screening and row["view"] == "CC")
             native = render_native(row.to_dict(), height, width, seed=seed * 7919 + int(row.name))
             paths = [_image(out, row, native, str(empi), acc, number, seed) for number in range(len(files))]
-            metadata += [{
-                "anon_dicom_path": f"./{path}", "empi_anon": str(empi), "acc_anon": acc,
-                "study_date_anon": exam["study_date_anon"], "StudyDescription": desc,
-                "SeriesDescription": f"{row['laterality']} {row['view']}", "FinalImageType": image_type,
-                "ImageLateralityFinal": row["laterality"], "ViewPosition": row["view"], "spot_mag": spot,
-                "num_roi": 0, "ROI_coords": "()", "match_level": 1,
-            } for path, (image_type, spot) in zip(paths, files, strict=True)]  # fmt: skip
-            expected.append({
-                **row[["laterality", "view", "age", "birads", "density", "malignant", "mass", "calcification",
-                       "mass_shape", "mass_margin", "calc_morphology", "calc_distribution", "pathology"]].to_dict(),
-                "dataset": "embed", "patient_id": str(empi), "exam_id": acc, "image_id": Path(paths[0]).stem,
-                "path": paths[0], "years_to_cancer": years_to_cancer, "years_to_last_followup": years_to_followup,
-                "screening": screening,
-            })  # fmt: skip
+            metadata += [
+                {
+                    "anon_dicom_path": f"./{path}",
+                    "empi_anon": str(empi),
+                    "acc_anon": acc,
+                    "study_date_anon": exam["study_date_anon"],
+                    "StudyDescription": desc,
+                    "SeriesDescription": f"{row['laterality']} {row['view']}",
+                    "FinalImageType": image_type,
+                    "ImageLateralityFinal": row["laterality"],
+                    "ViewPosition": row["view"],
+                    "spot_mag": spot,
+                    "num_roi": 0,
+                    "ROI_coords": "()",
+                    "match_level": 1,
+                }
+                for path, (image_type, spot) in zip(paths, files, strict=True)
+            ]
+            expected.append(
+                {
+                    **row[
+                        [
+                            "laterality",
+                            "view",
+                            "age",
+                            "birads",
+                            "density",
+                            "malignant",
+                            "mass",
+                            "calcification",
+                            "mass_shape",
+                            "mass_margin",
+                            "calc_morphology",
+                            "calc_distribution",
+                            "pathology",
+                        ]
+                    ].to_dict(),
+                    "dataset": "embed",
+                    "patient_id": str(empi),
+                    "exam_id": acc,
+                    "image_id": Path(paths[0]).stem,
+                    "path": paths[0],
+                    "years_to_cancer": years_to_cancer,
+                    "years_to_last_followup": years_to_followup,
+                    "screening": screening,
+                }
+            )
     (out / "tables").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(clinical).to_csv(out / CLINICAL, index=False)
     pd.DataFrame(metadata).to_csv(out / METADATA, index=False)
@@ -113,12 +165,24 @@ def _later_exam(clinical: list[dict], exam: dict, first: pd.Series, date: pd.Tim
     if cancer and first["years_to_cancer"] == 0:
         return 0.0, 0.0
     days = int(round(float(first["years_to_cancer"] if cancer else first["years_to_last_followup"]) * DAYS_PER_YEAR))
-    later = {**exam, "acc_anon": str(int(exam["acc_anon"]) + 1),
-             "study_date_anon": (date + pd.Timedelta(days=days)).strftime("%Y-%m-%d"),
-             "age_at_study": exam["age_at_study"] + days / DAYS_PER_YEAR}  # fmt: skip
+    later = {
+        **exam,
+        "acc_anon": str(int(exam["acc_anon"]) + 1),
+        "study_date_anon": (date + pd.Timedelta(days=days)).strftime("%Y-%m-%d"),
+        "age_at_study": exam["age_at_study"] + days / DAYS_PER_YEAR,
+    }
     if cancer:
-        finding = {"side": "L", "numfind": 1, "asses": "S", "massshape": "X", "massmargin": "S", "calcnumber": 0,
-                   "path_severity": 0, "bside": "L", "desc": DIAGNOSTIC_DESC[0]}  # fmt: skip
+        finding = {
+            "side": "L",
+            "numfind": 1,
+            "asses": "S",
+            "massshape": "X",
+            "massmargin": "S",
+            "calcnumber": 0,
+            "path_severity": 0,
+            "bside": "L",
+            "desc": DIAGNOSTIC_DESC[0],
+        }
     else:
         finding = {"side": np.nan, "numfind": 1, "asses": "N", "calcnumber": 0, "desc": SCREENING_DESC[0]}
     clinical.append({**later, **finding})
@@ -136,9 +200,18 @@ def _image(out: Path, row: pd.Series, native: np.ndarray, empi: str, acc: str, n
     relative = f"images/cohort_1/{empi}/{study}/{series}/{sop}.dcm"
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
     write_mammogram_dicom(
-        out / relative, native, laterality=row["laterality"],
-        view=row["view"], patient_id=empi, study_uid=study, series_uid=series, sop_uid=sop,
-        photometric=row["photometric"], bits_stored=int(row["bits_stored"]), voi_function=row["voi_function"],
-        transfer_syntax=row["transfer_syntax"], age=row["age"],
-    )  # fmt: skip
+        out / relative,
+        native,
+        laterality=row["laterality"],
+        view=row["view"],
+        patient_id=empi,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        photometric=row["photometric"],
+        bits_stored=int(row["bits_stored"]),
+        voi_function=row["voi_function"],
+        transfer_syntax=row["transfer_syntax"],
+        age=row["age"],
+    )
     return relative

@@ -90,8 +90,15 @@ def _mass(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, radius: floa
     return np.maximum(core, 0.7 * spikes.max(axis=0))
 
 
-def _calcifications(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, spread: float, malignant: bool,
-                    distribution: str, width: int) -> np.ndarray:  # fmt: skip
+def _calcifications(
+    rng: np.random.Generator,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    spread: float,
+    malignant: bool,
+    distribution: str,
+    width: int,
+) -> np.ndarray:
     """Sum of bright specks: many irregular ones along a line/segment (malignant) or a few round grouped ones."""
     count = rng.integers(12, 25) if malignant else rng.integers(5, 11)
     if distribution in ("linear", "segmental"):

@@ -66,14 +66,18 @@ def _breasts(truth: pd.DataFrame, sites: pd.Series, rng: np.random.Generator) ->
     site = breasts["exam_id"].map(sites)
     benign = breasts["pathology"] == "benign"
     cancer = breasts["malignant"].astype(int)
-    return pd.DataFrame({
-        "exam_id": breasts["exam_id"], "laterality": breasts["laterality"], "cancer": cancer,
-        "biopsy": (cancer.astype(bool) | (benign & (breasts["birads"] == 3))).astype(int),
-        "invasive": (cancer.astype(bool) & (rng.random(len(breasts)) < 0.7)).astype(int),
-        "BIRADS": [_recall_code(b, s, rng) for b, s in zip(breasts["birads"], site, strict=True)],
-        "density": breasts["density"].where(site == 1).astype(object),
-        "difficult_negative_case": benign.to_numpy(),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "exam_id": breasts["exam_id"],
+            "laterality": breasts["laterality"],
+            "cancer": cancer,
+            "biopsy": (cancer.astype(bool) | (benign & (breasts["birads"] == 3))).astype(int),
+            "invasive": (cancer.astype(bool) & (rng.random(len(breasts)) < 0.7)).astype(int),
+            "BIRADS": [_recall_code(b, s, rng) for b, s in zip(breasts["birads"], site, strict=True)],
+            "density": breasts["density"].where(site == 1).astype(object),
+            "difficult_negative_case": benign.to_numpy(),
+        }
+    )
 
 
 def _write_images(rows: pd.DataFrame, out: Path, folder: str, *, height: int, width: int, seed: int) -> list[str]:
@@ -87,14 +91,19 @@ def _write_images(rows: pd.DataFrame, out: Path, folder: str, *, height: int, wi
         path = write_mammogram_dicom(
             out / folder / row["patient_id"] / f"{row['image_id']}.dcm",
             render_native(row, height, width, seed=seed * 100_019 + index),
-            laterality=row["laterality"], view=row["view"], patient_id=row["patient_id"],
+            laterality=row["laterality"],
+            view=row["view"],
+            patient_id=row["patient_id"],
             study_uid=generate_uid(entropy_srcs=["rsna", str(seed), row["patient_id"]]),
-            series_uid=generate_uid(entropy_srcs=[*key, "series"]), sop_uid=generate_uid(entropy_srcs=key),
-            photometric=row["photometric"], bits_stored=int(row["bits_stored"]), voi_function=row["voi_function"],
+            series_uid=generate_uid(entropy_srcs=[*key, "series"]),
+            sop_uid=generate_uid(entropy_srcs=key),
+            photometric=row["photometric"],
+            bits_stored=int(row["bits_stored"]),
+            voi_function=row["voi_function"],
             window=([top / 2, top * 0.55, top * 0.45], [top + 1.0, top * 0.8, top * 0.6]) if sigmoid else None,
             transfer_syntax=JLL if row["transfer_syntax"] == JPEGLSLossless else row["transfer_syntax"],
             age=None if pd.isna(row["age"]) else row["age"],
-        )  # fmt: skip
+        )
         paths.append(path.relative_to(out).as_posix())
     return paths
 
@@ -137,11 +146,21 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
     submission.to_csv(out / "sample_submission.csv", index=False)
 
     pathology = np.where(train["cancer"] == 1, "malignant", np.where(train["biopsy"] == 1, "benign", None))
-    expected = pd.DataFrame({
-        "dataset": "rsna", "patient_id": train["patient_id"], "exam_id": train["patient_id"],
-        "image_id": train["image_id"], "path": paths, "laterality": train["laterality"], "view": train["view"],
-        "age": train["age"], "birads": train["BIRADS"], "density": train["density"], "malignant": train["cancer"],
-        "pathology": pathology,
-    })  # fmt: skip
+    expected = pd.DataFrame(
+        {
+            "dataset": "rsna",
+            "patient_id": train["patient_id"],
+            "exam_id": train["patient_id"],
+            "image_id": train["image_id"],
+            "path": paths,
+            "laterality": train["laterality"],
+            "view": train["view"],
+            "age": train["age"],
+            "birads": train["BIRADS"],
+            "density": train["density"],
+            "malignant": train["cancer"],
+            "pathology": pathology,
+        }
+    )
     expected["split"] = source_less_split(expected["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
     return expected

@@ -26,9 +26,17 @@ from mvmlm.data import schema
 from mvmlm.data.splits import source_less_split
 
 __all__ = [
-    "DENSITIES", "EXPLICIT_VR_LE", "JPEG2000_LOSSLESS", "JPEG_LS_LOSSLESS", "MASS_SHAPES", "MASS_MARGINS",
-    "CALC_MORPHOLOGIES", "CALC_DISTRIBUTIONS", "VIEW_SHIFT", "sample_exams",
-]  # fmt: skip
+    "DENSITIES",
+    "EXPLICIT_VR_LE",
+    "JPEG2000_LOSSLESS",
+    "JPEG_LS_LOSSLESS",
+    "MASS_SHAPES",
+    "MASS_MARGINS",
+    "CALC_MORPHOLOGIES",
+    "CALC_DISTRIBUTIONS",
+    "VIEW_SHIFT",
+    "sample_exams",
+]
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
@@ -86,17 +94,22 @@ def _breasts(rng: np.random.Generator, n_exams: int) -> pd.DataFrame:
     calc = lesioned & (kind != "mass")
     birads = [BIRADS[p][0][rng.choice(len(BIRADS[p][0]), p=BIRADS[p][1])] for p in pathology]
     radius, angle = rng.uniform(0.3, 0.65, n), rng.uniform(-0.6, 0.9, n)  # polar position inside the breast
-    return pd.DataFrame({
-        "pathology": pathology, "malignant": (pathology == "malignant").astype(int), "birads": birads,
-        "mass": mass.astype(int), "calcification": calc.astype(int),
-        "mass_shape": _pick(rng, MASS_SHAPES, pathology, mass),
-        "mass_margin": _pick(rng, MASS_MARGINS, pathology, mass),
-        "calc_morphology": _pick(rng, CALC_MORPHOLOGIES, pathology, calc),
-        "calc_distribution": _pick(rng, CALC_DISTRIBUTIONS, pathology, calc),
-        "lesion_x": np.where(lesioned, np.round(0.8 * radius * np.cos(angle), 4), np.nan),
-        "lesion_y": np.where(lesioned, np.round(0.5 + 0.42 * radius * np.sin(angle), 4), np.nan),
-        "lesion_size": np.where(lesioned, np.round(rng.uniform(0.08, 0.14, n), 4), np.nan),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "pathology": pathology,
+            "malignant": (pathology == "malignant").astype(int),
+            "birads": birads,
+            "mass": mass.astype(int),
+            "calcification": calc.astype(int),
+            "mass_shape": _pick(rng, MASS_SHAPES, pathology, mass),
+            "mass_margin": _pick(rng, MASS_MARGINS, pathology, mass),
+            "calc_morphology": _pick(rng, CALC_MORPHOLOGIES, pathology, calc),
+            "calc_distribution": _pick(rng, CALC_DISTRIBUTIONS, pathology, calc),
+            "lesion_x": np.where(lesioned, np.round(0.8 * radius * np.cos(angle), 4), np.nan),
+            "lesion_y": np.where(lesioned, np.round(0.5 + 0.42 * radius * np.sin(angle), 4), np.nan),
+            "lesion_size": np.where(lesioned, np.round(rng.uniform(0.08, 0.14, n), 4), np.nan),
+        }
+    )
 
 
 def _follow_up(rng: np.random.Generator, density: np.ndarray, breasts: pd.DataFrame) -> tuple[np.ndarray, ...]:
@@ -116,13 +129,15 @@ def _follow_up(rng: np.random.Generator, density: np.ndarray, breasts: pd.DataFr
 
 def _acquisition(rng: np.random.Generator, n_exams: int) -> pd.DataFrame:
     """Per-exam storage quirks; with >= 8 exams each required quirk is planted in a distinct exam."""
-    acq = pd.DataFrame({
-        "photometric": _choice(rng, *PHOTOMETRIC, n_exams),
-        "voi_function": _choice(rng, *VOI, n_exams),
-        "transfer_syntax": _choice(rng, *SYNTAX, n_exams),
-        "bits_stored": _choice(rng, *BITS, n_exams).astype(int),
-        "missing_view": rng.random(n_exams) < P_MISSING_VIEW,
-    })  # fmt: skip
+    acq = pd.DataFrame(
+        {
+            "photometric": _choice(rng, *PHOTOMETRIC, n_exams),
+            "voi_function": _choice(rng, *VOI, n_exams),
+            "transfer_syntax": _choice(rng, *SYNTAX, n_exams),
+            "bits_stored": _choice(rng, *BITS, n_exams).astype(int),
+            "missing_view": rng.random(n_exams) < P_MISSING_VIEW,
+        }
+    )
     if n_exams >= 8:
         planted = rng.permutation(n_exams)[:5]
         acq.loc[planted[0], "photometric"] = "MONOCHROME1"
@@ -154,12 +169,20 @@ def sample_exams(n_exams: int, seed: int) -> pd.DataFrame:
     view = np.tile(VIEWS * 2, n_exams)
     patient_ids = np.array([f"P{i:05d}" for i in range(n_exams)], dtype=object)
     exam_ids = np.array([f"E{i:05d}" for i in range(n_exams)], dtype=object)
-    rows = pd.DataFrame({
-        "dataset": "synthetic", "patient_id": patient_ids[exam], "exam_id": exam_ids[exam],
-        "image_id": [f"{e}_{la}_{v}" for e, la, v in zip(exam_ids[exam], lat, view, strict=True)],
-        "laterality": lat, "view": view, "age": age[exam], "density": density[exam],
-        "years_to_cancer": years_to_cancer[exam], "years_to_last_followup": years_to_followup[exam],
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "dataset": "synthetic",
+            "patient_id": patient_ids[exam],
+            "exam_id": exam_ids[exam],
+            "image_id": [f"{e}_{la}_{v}" for e, la, v in zip(exam_ids[exam], lat, view, strict=True)],
+            "laterality": lat,
+            "view": view,
+            "age": age[exam],
+            "density": density[exam],
+            "years_to_cancer": years_to_cancer[exam],
+            "years_to_last_followup": years_to_followup[exam],
+        }
+    )
     rows["path"] = rows.image_id + ".dcm"
     rows = pd.concat([rows, breasts.iloc[breast].reset_index(drop=True), acq.iloc[exam].reset_index(drop=True)], axis=1)
     shift = np.array([VIEW_SHIFT[v] for v in view])

@@ -76,19 +76,32 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
         giotto = row["voi_function"] == "LINEAR" and exam % 2 == 0
         (out / "images" / study).mkdir(parents=True, exist_ok=True)
         path = write_mammogram_dicom(
-            out / "images" / study / f"{image}.dicom", render_native(row, height, width, seed=seed * 100_003 + index),
-            laterality=row["laterality"], view=row["view"], patient_id=study,
-            study_uid=generate_uid(entropy_srcs=[study]), series_uid=generate_uid(entropy_srcs=[series]),
-            sop_uid=generate_uid(entropy_srcs=[image]), photometric=row["photometric"],
-            bits_stored=int(row["bits_stored"]), voi_function=row["voi_function"],
+            out / "images" / study / f"{image}.dicom",
+            render_native(row, height, width, seed=seed * 100_003 + index),
+            laterality=row["laterality"],
+            view=row["view"],
+            patient_id=study,
+            study_uid=generate_uid(entropy_srcs=[study]),
+            series_uid=generate_uid(entropy_srcs=[series]),
+            sop_uid=generate_uid(entropy_srcs=[image]),
+            photometric=row["photometric"],
+            bits_stored=int(row["bits_stored"]),
+            voi_function=row["voi_function"],
             window=([top / 2, top * 0.45], [top + 1.0, top * 0.7]) if giotto else None,
-            transfer_syntax=row["transfer_syntax"], age=row["age"],
-        )  # fmt: skip
+            transfer_syntax=row["transfer_syntax"],
+            age=row["age"],
+        )
         common = {
-            "study_id": study, "series_id": series, "image_id": image, "laterality": row["laterality"],
-            "view_position": row["view"], "height": height, "width": width,
-            "breast_birads": f"BI-RADS {row['birads']}", "breast_density": f"DENSITY {row['density']}",
-        }  # fmt: skip
+            "study_id": study,
+            "series_id": series,
+            "image_id": image,
+            "laterality": row["laterality"],
+            "view_position": row["view"],
+            "height": height,
+            "width": width,
+            "breast_birads": f"BI-RADS {row['birads']}",
+            "breast_density": f"DENSITY {row['density']}",
+        }
         breast_rows.append({**common, "split": split})
         findings = _findings(row, (row["exam_id"], row["laterality"]) in other_breasts, rng)
         boxes = []
@@ -97,18 +110,36 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
             outside_done = True
             box = _box(row, rng, height, width, outside)
             birads = f"BI-RADS {row['birads']}" if row["birads"] >= 3 and findings[0] != OTHER_FINDING else None
-            finding_rows.append({**common, "finding_categories": str(findings), "finding_birads": birads,
-                                 **dict(zip(source.BOX, box, strict=True)), "split": split})  # fmt: skip
+            finding_rows.append(
+                {
+                    **common,
+                    "finding_categories": str(findings),
+                    "finding_birads": birads,
+                    **dict(zip(source.BOX, box, strict=True)),
+                    "split": split,
+                }
+            )
             clipped = dict(zip(source.BOX, np.clip(box, 0, [width, height, width, height]).tolist(), strict=True))
             boxes = [{"finding": name, **clipped} for name in findings]
         else:
             finding_rows.append({**common, "finding_categories": "['No Finding']", "split": split})
-        expected.append({
-            "dataset": "vindr", "patient_id": study, "exam_id": study, "image_id": image,
-            "path": path.relative_to(out).as_posix(), "laterality": row["laterality"], "view": row["view"],
-            "source_split": split, "birads": row["birads"], "density": row["density"], "mass": row["mass"],
-            "calcification": row["calcification"], "boxes": boxes,
-        })  # fmt: skip
+        expected.append(
+            {
+                "dataset": "vindr",
+                "patient_id": study,
+                "exam_id": study,
+                "image_id": image,
+                "path": path.relative_to(out).as_posix(),
+                "laterality": row["laterality"],
+                "view": row["view"],
+                "source_split": split,
+                "birads": row["birads"],
+                "density": row["density"],
+                "mass": row["mass"],
+                "calcification": row["calcification"],
+                "boxes": boxes,
+            }
+        )
     pd.DataFrame(breast_rows, columns=list(source.BREAST_COLUMNS)).to_csv(out / source.BREAST_FILE, index=False)
     pd.DataFrame(finding_rows, columns=list(source.FINDING_COLUMNS)).to_csv(out / source.FINDING_FILE, index=False)
     table = pd.DataFrame(expected)

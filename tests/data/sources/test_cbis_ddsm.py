@@ -133,7 +133,8 @@ def test_roi_masks_are_binary_full_size_images_and_crops_are_smaller(cbis):
 def test_source_test_split_is_kept_and_val_comes_from_training(cbis):
     root, _, table = cbis
     test_patients = set(_raw(root, CSV_FILES[("mass", "test")])["patient_id"]) | set(
-        _raw(root, CSV_FILES[("calc", "test")])["patient_id"])  # fmt: skip
+        _raw(root, CSV_FILES[("calc", "test")])["patient_id"]
+    )
     assert test_patients and set(table.loc[table["split"] == "test", "patient_id"]) == test_patients
     assert set(table.loc[~table["patient_id"].isin(test_patients), "split"]) <= {"train", "val"}
 

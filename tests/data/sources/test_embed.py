@@ -101,11 +101,15 @@ def test_codes_map_to_birads_density_and_lexicon_words(embed, tmp_path):
 
 
 def test_follow_up_uses_later_exams_mirai_convention():
-    exams = pd.DataFrame({
-        "empi_anon": ["a", "a", "a", "a", "b", "b"],
-        "date": pd.to_datetime(["2010-01-01", "2011-01-01", "2012-01-01", "2013-01-01", "2010-01-01", "2014-01-01"]),
-        "cancer": [False, False, True, False, False, False],
-    })  # fmt: skip
+    exams = pd.DataFrame(
+        {
+            "empi_anon": ["a", "a", "a", "a", "b", "b"],
+            "date": pd.to_datetime(
+                ["2010-01-01", "2011-01-01", "2012-01-01", "2013-01-01", "2010-01-01", "2014-01-01"]
+            ),
+            "cancer": [False, False, True, False, False, False],
+        }
+    )
     result = follow_up(exams)
     np.testing.assert_allclose(result["years_to_cancer"], [730 / 365.25, 365 / 365.25, 0.0, np.nan, np.nan, np.nan])
     np.testing.assert_allclose(

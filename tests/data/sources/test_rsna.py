@@ -31,8 +31,20 @@ def _by_image(table: pd.DataFrame) -> pd.DataFrame:
 
 def _train_csv(tmp_path: Path, rows: list[dict]) -> Path:
     """A minimal train.csv holding ``rows`` (other columns filled with ordinary values)."""
-    base = dict(site_id=1, laterality="L", view="CC", age=60.0, cancer=0, biopsy=0, invasive=0, BIRADS=1.0, implant=0,
-                density="B", machine_id=49, difficult_negative_case=False)  # fmt: skip
+    base = dict(
+        site_id=1,
+        laterality="L",
+        view="CC",
+        age=60.0,
+        cancer=0,
+        biopsy=0,
+        invasive=0,
+        BIRADS=1.0,
+        implant=0,
+        density="B",
+        machine_id=49,
+        difficult_negative_case=False,
+    )
     table = pd.DataFrame([{**base, **row} for row in rows], columns=list(TRAIN_COLUMNS))
     table.to_csv(tmp_path / TRAIN_FILE, index=False)
     return tmp_path
@@ -107,8 +119,11 @@ def test_files_include_j2k_and_sigmoid_with_several_windows(rsna):
 
 
 def test_conflicting_birads_of_one_breast_take_the_recall_code(tmp_path):
-    rows = [dict(patient_id=5, image_id=11, BIRADS=1.0), dict(patient_id=5, image_id=12, view="MLO", BIRADS=0.0),
-            dict(patient_id=5, image_id=13, laterality="R", BIRADS=np.nan)]  # fmt: skip
+    rows = [
+        dict(patient_id=5, image_id=11, BIRADS=1.0),
+        dict(patient_id=5, image_id=12, view="MLO", BIRADS=0.0),
+        dict(patient_id=5, image_id=13, laterality="R", BIRADS=np.nan),
+    ]
     root = _train_csv(tmp_path, rows)
     table = read_source("rsna", str(root)).set_index("image_id")
     assert list(table.loc[["11", "12"], "birads"]) == [0, 0] and pd.isna(table.loc["13", "birads"])
@@ -133,7 +148,8 @@ def test_values_outside_the_vocabulary_name_the_row(tmp_path, column, value):
 
 def test_synth_data_and_tables_commands(tmp_path):
     root, out = tmp_path / "rsna", tmp_path / "table.parquet"
-    expected = synth_main(["--format", "rsna", "--out", str(root), "--exams", "8", "--seed", "2",
-                           "height=64", "width=48"])  # fmt: skip
+    expected = synth_main(
+        ["--format", "rsna", "--out", str(root), "--exams", "8", "--seed", "2", "height=64", "width=48"]
+    )
     tables_main(["--source", "rsna", "--root", str(root), "--out", str(out)])
     pd.testing.assert_frame_equal(_by_image(schema.read_table(out))[COMPARED], _by_image(expected)[COMPARED])

@@ -88,7 +88,12 @@ def test_non_birads_findings_are_not_masses(vindr, tmp_path):
     findings = pd.read_csv(tables / FINDING_FILE, dtype=str, keep_default_na=False)
     image = findings.loc[findings["finding_categories"] == "['No Finding']", "image_id"].iloc[0]
     findings.loc[findings["image_id"] == image, ["finding_categories", "xmin", "ymin", "xmax", "ymax"]] = [
-        "['Skin Thickening']", "1", "2", "3", "4"]  # fmt: skip
+        "['Skin Thickening']",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     findings.to_csv(tables / FINDING_FILE, index=False)
     row = read_source("vindr", str(tables)).set_index("image_id").loc[image]
     assert row["mass"] == 0 and row["calcification"] == 0
@@ -120,11 +125,14 @@ def test_missing_column_names_file_and_column(vindr, tmp_path, name, column):
         read_source("vindr", str(tables))
 
 
-@pytest.mark.parametrize(("name", "column", "value", "message"), [
-    (BREAST_FILE, "breast_birads", "BIRADS four", "row 3: column 'breast_birads'"),
-    (BREAST_FILE, "breast_density", "dense", "row 3: column 'breast_density'"),
-    (FINDING_FILE, "finding_categories", "Mass, Suspicious Calcification", "row 3: column 'finding_categories'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "column", "value", "message"),
+    [
+        (BREAST_FILE, "breast_birads", "BIRADS four", "row 3: column 'breast_birads'"),
+        (BREAST_FILE, "breast_density", "dense", "row 3: column 'breast_density'"),
+        (FINDING_FILE, "finding_categories", "Mass, Suspicious Calcification", "row 3: column 'finding_categories'"),
+    ],
+)
 def test_malformed_values_name_the_row(vindr, tmp_path, name, column, value, message):
     tables = _copy_tables(vindr[0], tmp_path)
     native = pd.read_csv(tables / name, dtype=str, keep_default_na=False)
@@ -136,8 +144,9 @@ def test_malformed_values_name_the_row(vindr, tmp_path, name, column, value, mes
 
 def test_synth_data_and_tables_commands(tmp_path):
     root, out = tmp_path / "vindr", tmp_path / "table.parquet"
-    expected = synth_main(["--format", "vindr", "--out", str(root), "--exams", "8", "--seed", "3",
-                           "height=64", "width=48"])  # fmt: skip
+    expected = synth_main(
+        ["--format", "vindr", "--out", str(root), "--exams", "8", "--seed", "3", "height=64", "width=48"]
+    )
     table = tables_main(["--source", "vindr", "--root", str(root), "--out", str(out)])
     written = schema.read_table(out)
     assert len(written) == len(expected) == len(table) and (root / "synthetic_truth.parquet").is_file()

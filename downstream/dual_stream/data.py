@@ -1,0 +1,86 @@
+"""Breasts of an image cache with their whole images and lesion crops (both made by ``mvmlm preprocess``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from downstream.dual_stream.config import DualStreamData, MammoMambaConfig
+from mvmlm.config import AugmentConfig
+from mvmlm.data.exams import BREAST_KEYS, BREAST_SLOTS, BreastDataset, build_breasts
+from mvmlm.data.preprocess import read_cached_table
+from mvmlm.data.roi import read_crop_table
+from mvmlm.data.transforms import build_transform
+
+__all__ = ["load_breasts", "DualStreamDataset", "make_loader"]
+
+log = logging.getLogger(__name__)
+
+
+def load_breasts(data: DualStreamData, streams: list[str]) -> pd.DataFrame:
+    """One row per breast with a malignant label: ``breast_id``, ``patient``, the table's ``split`` and, per stream
+    and view, ``<stream>_<view>_{cache_path,present,image_id}`` (whole images from ``data.table``, crops from the
+    crop table beside it).
+
+    Breasts without a label, or (with the crop stream) without a crop of either view, are logged and left out.
+    """
+    images = read_cached_table(data.table)
+    tables = {"whole": images}
+    if "crop" in streams:
+        tables["crop"] = read_crop_table(data.table)
+    breasts = build_breasts(images)[[*BREAST_KEYS, "breast_id", "patient", "split", "malignant"]]
+    for stream, table in tables.items():
+        part = build_breasts(table).set_index(BREAST_KEYS)
+        slots = [c for c in part.columns if c.split("_")[0] in BREAST_SLOTS]
+        part = part[slots].rename(columns={c: f"{stream}_{c}" for c in slots})
+        breasts = breasts.join(part, on=BREAST_KEYS)
+        for view in BREAST_SLOTS:
+            breasts[f"{stream}_{view}_present"] = breasts[f"{stream}_{view}_present"].eq(True)
+    unlabelled = breasts["malignant"].isna()
+    no_crop = ~unlabelled & ("crop" in streams) & ~breasts.filter(regex="^crop_.*_present$").any(axis=1)
+    for reason, rows in (("no malignant label", unlabelled), ("no lesion crop in either view", no_crop)):
+        if rows.any():
+            shown = ", ".join(breasts.loc[rows, "breast_id"])
+            log.warning("skipping %d breast(s) with %s: %s", int(rows.sum()), reason, shown)
+    return breasts[~unlabelled & ~no_crop].reset_index(drop=True)
+
+
+class DualStreamDataset(Dataset):
+    """Items ``{"inputs": {stream: (images (2, 1, H, W), mask (2,))}, "label", "index", "id"}``; ``index`` is the
+    row of ``breasts`` (evaluation gathers it across processes), ``id`` its breast id."""
+
+    def __init__(self, breasts: pd.DataFrame, streams: list[str], size: list[int], train: bool, aug: AugmentConfig):
+        augment = build_transform(train, aug)
+
+        def transform(image: torch.Tensor) -> torch.Tensor:
+            image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+            return augment(image)
+
+        self.breasts = breasts.reset_index(drop=True)
+        self.views = {}
+        for stream in streams:
+            columns = {c: c[len(stream) + 1 :] for c in breasts.columns if c.startswith(f"{stream}_")}
+            rows = self.breasts[[*BREAST_KEYS, "malignant", *columns]].rename(columns=columns)
+            self.views[stream] = BreastDataset(rows, labels=["malignant"], transform=transform)
+
+    def __len__(self) -> int:
+        return len(self.breasts)
+
+    def __getitem__(self, index: int) -> dict:
+        items = {stream: views[index] for stream, views in self.views.items()}
+        inputs = {stream: (item["images"], item["mask"]) for stream, item in items.items()}
+        label = next(iter(items.values()))["labels"]["malignant"]
+        return {"inputs": inputs, "label": label, "index": index, "id": self.breasts.at[index, "breast_id"]}
+
+
+def make_loader(breasts: pd.DataFrame, cfg: MammoMambaConfig, train: bool) -> DataLoader:
+    """A training (shuffled, augmented, last partial batch dropped) or evaluation loader; the engine shards it."""
+    data = cfg.data
+    dataset = DualStreamDataset(breasts, cfg.model.streams, data.image_size, train, data.augment)
+    size = data.batch_size if train else data.eval_batch_size or data.batch_size
+    drop_last = train and len(dataset) > size  # a last batch of one breaks BatchNorm
+    return DataLoader(dataset, batch_size=size, shuffle=train, drop_last=drop_last, num_workers=data.num_workers)

@@ -1,0 +1,480 @@
+"""THE training loop of mvmlm, on Accelerate. A trainer is a model, a loss (or backward) function and an evaluation
+function handed to :meth:`Engine.fit`; everything else lives here once:
+
+- Accelerate preparation (one CPU process to many GPUs), mixed precision, gradient accumulation over
+  ``train.accum_steps`` micro-batches (DDP sync on the last one only), clipping, the AdamW groups and schedule;
+- a non-finite loss guard naming the step and the ids of the samples, raised before any bad update;
+- validation every epoch or every ``train.eval_every`` steps, the best weights by a named metric
+  (``train.select``) kept in ``<workdir>/best/model.safetensors``, early stopping, ReduceLROnPlateau on that metric;
+- the full training state saved every epoch or ``train.save_every`` steps into ``<workdir>/checkpoints/step_*``
+  and restored with ``train.resume=latest|PATH`` at the same place inside the epoch (same following batches); a new
+  run into a folder holding a run is refused;
+- main-process-only writes: ``train_log.jsonl`` (one line per optimizer step), ``val_log.jsonl`` (one line per
+  evaluation), a progress bar, and any experiment tracker Accelerate supports.
+
+A minimal trainer::
+
+    engine = Engine(cfg.train, cfg.optim, run.path, hparams=config_to_dict(cfg))
+    model = Classifier(...)
+    result = engine.fit(model, train_loader, loss=classification_loss, evaluate=lambda m: validate(engine, m, val),
+                        select="val/auc")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from mvmlm.checkpoint import WEIGHTS_NAME, atomic_path, load_weights
+from mvmlm.config import ConfigError, OptimConfig, TrainConfig
+from mvmlm.errors import InputError
+from mvmlm.training.checkpoints import resolve_resume, save_checkpoint
+from mvmlm.training.guards import check_finite
+from mvmlm.training.optim import build_optimizer, build_scheduler
+from mvmlm.training.state import Best, TrainState
+from mvmlm.training.trackers import flat_hparams, tracker_names
+
+__all__ = ["Loss", "FitResult", "Engine", "TRAIN_LOG", "VAL_LOG", "BEST_DIR", "CHECKPOINTS_DIR"]
+
+log = logging.getLogger(__name__)
+
+TRAIN_LOG, VAL_LOG, BEST_DIR, CHECKPOINTS_DIR = "train_log.jsonl", "val_log.jsonl", "best", "checkpoints"
+PRECISIONS, DEVICES, MODES = ("no", "fp16", "bf16"), ("auto", "cpu"), ("max", "min")
+
+
+@dataclass
+class Loss:
+    """What a loss function returns for one micro-batch: the loss, named parts to log, and the ids of its samples
+    (named by the non-finite guard)."""
+
+    value: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    ids: Sequence[str] = ()
+
+
+LossFn = Callable[[nn.Module, dict], Loss]
+#: ``backward(engine, model, micro_batches, step) -> record``: accumulates ``.grad`` itself with the prepared (e.g.
+#: DDP-wrapped) ``model`` (pretraining's contrastive step)
+BackwardFn = Callable[["Engine", nn.Module, list[dict], int], dict[str, float]]
+#: ``evaluate(model) -> {"val/auc": ..., ...}``: flat metrics of the current weights
+EvaluateFn = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Engine.fit` did."""
+
+    steps: int  # optimizer steps done in total
+    epochs: int  # epochs completed
+    steps_per_epoch: int
+    resumed_from_step: int
+    losses: list[float]  # per optimizer step of this invocation
+    history: list[dict[str, Any]]  # one record per evaluation (all invocations)
+    best: dict[str, Any]  # metric, score, epoch, step (None where nothing was selected)
+    stopped_early: bool
+
+
+def check_train_config(train: TrainConfig) -> None:
+    """One-line errors for values the loop cannot use."""
+    problems = {
+        "mixed_precision": (train.mixed_precision not in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        "device": (train.device not in DEVICES, f"one of {', '.join(DEVICES)}"),
+        "select_mode": (train.select_mode not in MODES, "max or min"),
+        "epochs": (train.epochs < 1 and train.max_steps < 1, ">= 1 (or max_steps >= 1)"),
+        "accum_steps": (train.accum_steps < 1, ">= 1"),
+    }
+    for key, (bad, expected) in problems.items():
+        if bad:
+            raise ConfigError(f"key 'train.{key}': must be {expected}, got {getattr(train, key)!r}")
+
+
+def _release_other_accelerator_settings(train: TrainConfig) -> None:
+    """Let one process run trainers with other precision / device settings one after another (the demo, a test
+    session, a notebook): Accelerate keeps one process-wide state and refuses a second Accelerator with other
+    settings. Only that state is dropped; the distributed set-up (PartialState) stays."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and (
+        shared.get("_mixed_precision") != train.mixed_precision or shared.get("_cpu") != (train.device == "cpu")
+    ):
+        AcceleratorState._reset_state()
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Seed the loader's shuffling (and a dataset's per-epoch randomness) for ``epoch``."""
+    for obj in (loader, getattr(loader, "dataset", None), getattr(loader, "sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+class Engine:
+    """The training loop for one model in ``workdir`` (a run directory, or a unit's folder inside a sweep).
+
+    Args:
+        train, optim: the core's shared configs.
+        workdir: where the logs, ``best/`` and ``checkpoints/`` go (the main process writes).
+        hparams: logged to the trackers (a flat or nested dict of the command's config).
+        name: progress-bar and tracker project name.
+    """
+
+    def __init__(
+        self,
+        train: TrainConfig,
+        optim: OptimConfig,
+        workdir: str | Path,
+        *,
+        hparams: dict | None = None,
+        name: str = "train",
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import (
+            DataLoaderConfiguration,
+            DistributedDataParallelKwargs,
+            ProjectConfiguration,
+            set_seed,
+        )
+
+        check_train_config(train)
+        self.train, self.optim, self.workdir, self.name = train, optim, Path(workdir), name
+        self.resume_from = resolve_resume(train.resume, self.file(CHECKPOINTS_DIR))  # refuses to overwrite a run
+        self.model: nn.Module | None = None  # the prepared (e.g. DDP-wrapped) model, once fit has prepared it
+        set_seed(train.seed)
+        _release_other_accelerator_settings(train)
+        trackers = tracker_names(list(train.trackers), self.workdir / "tracking")
+        self.accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            cpu=train.device == "cpu",
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.workdir), logging_dir=str(self.workdir / "tracking")
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train.seed),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train.find_unused_parameters)],
+        )
+        if trackers:
+            self.accelerator.init_trackers(name, config=flat_hparams(hparams or {}))
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def file(self, name: str) -> Path:
+        return self.workdir / name
+
+    def prepare(self, *objects: Any) -> Any:
+        """``accelerator.prepare`` (e.g. evaluation loaders, so each process reads its share)."""
+        return self.accelerator.prepare(*objects)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def end(self) -> None:
+        """Close the trackers and release the prepared objects (call once the run is done)."""
+        self.accelerator.end_training()
+        self.accelerator.free_memory()
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        model: nn.Module,
+        train_loader: Any,
+        *,
+        loss: LossFn | None = None,
+        backward: BackwardFn | None = None,
+        evaluate: EvaluateFn | None = None,
+        select: str = "",
+        mode: str = "max",
+        after_step: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+        layout: dict[str, Any] | None = None,
+        restore_best: bool = True,
+        discard_checkpoints: bool = False,
+    ) -> FitResult:
+        """Train ``model`` on ``train_loader`` (both prepared here) up to ``train.epochs`` / ``train.max_steps``.
+
+        Args:
+            loss: per micro-batch loss; the engine runs the backward passes.
+            backward: instead of ``loss``, a function that accumulates the gradients of a whole optimizer step.
+            evaluate: metrics of the current weights; called every epoch (or ``train.eval_every`` steps).
+            select: the metric of ``evaluate`` that picks the best weights (``train.select`` overrides it with
+                ``train.select_mode``); '' keeps the final weights.
+            after_step: called after each optimizer step with the unwrapped model and the step's record (which it
+                may extend), e.g. to clamp a temperature.
+            layout: settings that must not change across a resume (process count, batch size and accumulation are
+                always checked).
+            restore_best: load the best weights into ``model`` at the end (when a best exists).
+            discard_checkpoints: delete the training states once finished (a sweep keeps only its results).
+        """
+        if (loss is None) == (backward is None):
+            raise TypeError("give exactly one of loss= and backward=")
+        t, acc = self.train, self.accelerator
+        select, mode = (t.select, t.select_mode) if t.select else (select, mode)
+        optimizer = build_optimizer(model, self.optim)
+        model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
+        self.model = model
+        k = t.accum_steps
+        steps_per_epoch = len(train_loader) // k
+        if steps_per_epoch == 0:
+            raise InputError(
+                f"{len(train_loader)} training batch(es) per process per epoch are fewer than "
+                f"train.accum_steps={k}; use more data, a smaller batch or fewer accumulation steps"
+            )
+        total = t.max_steps or t.epochs * steps_per_epoch
+        scheduler = build_scheduler(optimizer.optimizer, self.optim, total, mode)
+        plateau = isinstance(scheduler, ReduceLROnPlateau)
+        batch_size = getattr(train_loader, "total_batch_size", None) or getattr(train_loader, "batch_size", None)
+        state = TrainState(
+            layout={
+                "num_processes": acc.num_processes,
+                "batch_size": batch_size,
+                "accum_steps": k,
+                "batches_per_epoch": len(train_loader),
+                **(layout or {}),
+            }
+        )
+        best = Best()
+        acc.register_for_checkpointing(scheduler, state, best)
+        resume_from = self.resume_from
+        if resume_from is not None:
+            acc.load_state(str(resume_from))
+            log.info("%s: resumed from %s at step %d", self.name, resume_from, state.step)
+        if self.is_main_process:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            _truncate_log(self.file(TRAIN_LOG), state.step)
+        loop = _Loop(
+            self, model, optimizer, scheduler, state, best, loss, backward, evaluate, select, mode, after_step, plateau
+        )
+        resumed_from = state.step
+        loop.run(train_loader, steps_per_epoch, total)
+        acc.wait_for_everyone()
+        best_file = self.file(f"{BEST_DIR}/{WEIGHTS_NAME}")
+        if select and best.step < 0:
+            log.warning(
+                "%s: no finite %s in %d evaluation(s); the final weights are kept", self.name, select, len(best.history)
+            )
+        elif select and restore_best:
+            self.unwrap(model).load_state_dict(load_weights(best_file.parent))  # copied onto the parameters' device
+        if discard_checkpoints and self.is_main_process:
+            shutil.rmtree(self.file(CHECKPOINTS_DIR), ignore_errors=True)
+        found = select and best.step >= 0
+        return FitResult(
+            steps=state.step,
+            epochs=state.step // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            resumed_from_step=resumed_from,
+            losses=loop.losses,
+            history=list(best.history),
+            best={
+                "metric": select or None,
+                "mode": mode,
+                "score": best.score if found else None,
+                "epoch": best.epoch if found else None,
+                "step": best.step if found else None,
+            },
+            stopped_early=loop.stopped_early,
+        )
+
+
+class _Loop:
+    """The state of one :meth:`Engine.fit` call while it runs."""
+
+    def __init__(
+        self,
+        engine,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        best,
+        loss,
+        backward,
+        evaluate,
+        select,
+        mode,
+        after_step,
+        plateau,
+    ) -> None:
+        self.engine, self.acc, self.t = engine, engine.accelerator, engine.train
+        self.model, self.optimizer, self.scheduler, self.state, self.best = model, optimizer, scheduler, state, best
+        self.loss_fn, self.backward_fn, self.evaluate_fn = loss, backward, evaluate
+        self.select, self.sign, self.after_step, self.plateau = (
+            select,
+            1.0 if mode == "max" else -1.0,
+            after_step,
+            plateau,
+        )
+        self.losses: list[float] = []
+        self.stopped_early = False
+        self.saved = state.step  # the step of the newest training state on disk (or the resumed one)
+
+    def run(self, loader: Any, steps_per_epoch: int, total: int) -> None:
+        engine, acc, t, state = self.engine, self.acc, self.t, self.state
+        main = engine.is_main_process
+        bar = tqdm(
+            total=total,
+            initial=state.step,
+            desc=engine.name,
+            leave=False,
+            disable=not (acc.is_local_main_process and t.progress),
+        )
+        log_file = engine.file(TRAIN_LOG).open("a") if main else None
+        try:  # close the bar and the log also when a step raises (the NaN guard), so nothing prints after the run
+            while state.step < total and not self.stopped_early:
+                epoch, done = divmod(state.step, steps_per_epoch)
+                _set_epoch(loader, epoch)
+                batches = iter(acc.skip_first_batches(loader, done * t.accum_steps) if done else loader)
+                self.model.train()
+                for _ in range(done, steps_per_epoch):
+                    record = {
+                        "step": state.step + 1,
+                        "epoch": epoch,
+                        **self._optimizer_step([next(batches) for _ in range(t.accum_steps)]),
+                    }
+                    state.step += 1
+                    self.losses.append(record["loss"])
+                    if log_file is not None:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                    if state.step % t.log_every == 0 or state.step == total:
+                        acc.log(
+                            {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=state.step
+                        )
+                    bar.update()
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
+                    epoch_done = state.step - epoch * steps_per_epoch == steps_per_epoch
+                    if t.eval_every and state.step % t.eval_every == 0:
+                        self._evaluate(state.step / steps_per_epoch)
+                    # a state saved at the end of an epoch must hold that epoch's evaluation: saved below
+                    if t.save_every and state.step % t.save_every == 0 and not (epoch_done and not t.eval_every):
+                        self._save()
+                    if state.step >= total or self.stopped_early:
+                        break
+                if state.step - epoch * steps_per_epoch == steps_per_epoch:  # a whole epoch is done
+                    for _ in batches:  # left-over micro-batches (< accum_steps): finish the pass for Accelerate
+                        pass
+                    if not t.eval_every:
+                        self._evaluate(epoch + 1)
+                    if not t.save_every or (state.step % t.save_every == 0 and not t.eval_every):
+                        self._save()
+            if not self.stopped_early and (not self.best.history or self.best.history[-1]["step"] != state.step):
+                self._evaluate(state.step / steps_per_epoch)  # the final weights are always evaluated
+            if self.saved != state.step:
+                self._save()  # and saved
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+
+    def _save(self) -> None:
+        engine = self.engine
+        save_checkpoint(self.acc, engine.file(CHECKPOINTS_DIR), self.state.step, self.t.keep_checkpoints)
+        self.saved = self.state.step
+
+    def _optimizer_step(self, micro_batches: list[dict]) -> dict[str, float]:
+        acc, step = self.acc, self.state.step + 1
+        if self.backward_fn is not None:
+            record = dict(self.backward_fn(self.engine, self.model, micro_batches, step))
+        else:
+            record = self._backward(micro_batches, step)
+        if self.engine.optim.grad_clip > 0:
+            record["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), self.engine.optim.grad_clip))
+        self.optimizer.step()
+        if not self.plateau:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.after_step is not None:
+            self.after_step(self.engine.unwrap(self.model), record)
+        return record
+
+    def _backward(self, micro_batches: list[dict], step: int) -> dict[str, float]:
+        """Loss / k backward per micro-batch, DDP gradient sync on the last one; mean losses over processes."""
+        acc, k = self.acc, len(micro_batches)
+        sums: dict[str, Tensor] = {}
+        for j, batch in enumerate(micro_batches):
+            sync = contextlib.nullcontext() if j == k - 1 else acc.no_sync(self.model)
+            with sync:
+                out = self.loss_fn(self.model, batch)
+                check_finite(acc, out.value, step, [str(i) for i in out.ids])
+                acc.backward(out.value / k)
+            for name, value in {"loss": out.value, **out.parts}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() / k
+        names = list(sums)
+        values = torch.stack([torch.as_tensor(sums[n], device=acc.device) for n in names])
+        if acc.num_processes > 1:
+            values = acc.reduce(values, "mean")
+        return dict(zip(names, values.tolist(), strict=True))
+
+    def _evaluate(self, epoch: float) -> None:
+        if self.evaluate_fn is None:
+            return
+        engine, best, step = self.engine, self.best, self.state.step
+        metrics = dict(self.evaluate_fn(self.model))
+        self.model.train()
+        record = {"step": step, "epoch": epoch, **metrics}
+        if self.select:
+            if self.select not in metrics:
+                raise ConfigError(
+                    f"key 'train.select': {self.select!r} is not a validation metric of this command; "
+                    f"known: {', '.join(sorted(metrics))}"
+                )
+            score = float(metrics[self.select])
+            if self.plateau and math.isfinite(score):
+                self.scheduler.step(score)
+            if math.isfinite(score) and (best.step < 0 or self.sign * score > self.sign * best.score):
+                best.score, best.epoch, best.step, best.stale = score, math.ceil(epoch), step, 0
+                self._save_best()
+            else:
+                best.stale += 1
+            record["best"] = best.step == step
+        best.history.append(record)
+        self.acc.log(metrics, step=step)
+        if engine.is_main_process:
+            engine.file(VAL_LOG).write_text("".join(json.dumps(r) + "\n" for r in best.history))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        log.info("%s step %d (epoch %.2f): %s", engine.name, step, epoch, shown)
+        if self.select and self.t.early_stop and best.stale >= self.t.early_stop:
+            log.info("%s: early stop, no better %s for %d evaluations", engine.name, self.select, best.stale)
+            self.stopped_early = True
+
+    def _save_best(self) -> None:
+        engine = self.engine
+        state_dict = self.acc.get_state_dict(self.model)
+        if engine.is_main_process:
+            from safetensors.torch import save_file
+
+            tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+            meta = {
+                "format": "pt",
+                "step": str(self.best.step),
+                "epoch": str(self.best.epoch),
+                "metric": self.select,
+                "score": repr(self.best.score),
+            }
+            with atomic_path(engine.file(f"{BEST_DIR}/{WEIGHTS_NAME}")) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+        self.acc.wait_for_everyone()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the per-step records after ``step`` (written by a run killed after its last checkpoint)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(f"{line}\n" for line in lines))
