@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = DeviceTextEncoder(str(bert), None, cfg.model.text.max_length, device=device)
         torch.manual_seed(0)
         model = MVCLIP(cfg.model, text_encoder=encoder)
-        model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         model, optimizer = accelerator.prepare(model, optimizer)
         core = accelerator.unwrap_model(model)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ids": [str(i) for i in range(batch)],
         }
         cached = {**base, "text_hidden": hidden, "text_mask": mask}
-        loss_fn = MultiViewClipLoss(cfg.train.image_image_weight, cfg.train.multi_positive)
+        loss_fn = MultiViewClipLoss(cfg.loss.image_image_weight, cfg.loss.multi_positive)
 
         def step(micro: dict, text_encoder=None) -> None:
             contrastive_backward(accelerator, model, loss_fn, [micro], 1, text_encoder)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": [height, width],
         "breasts_per_step": batch,
         "mixed_precision": precision,
-        "grad_checkpointing": cfg.train.grad_checkpointing,
+        "grad_checkpointing": cfg.grad_checkpointing,
         "encoder_fwd_bwd_s": t_encoder,
         "step_cached_text_s": t_cached,
         "step_live_text_s": t_live,

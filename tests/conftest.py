@@ -11,6 +11,33 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """``accelerate launch`` of ``num_processes`` CPU processes (gloo), to be followed by a script or ``-m module``
+    and the command's arguments (which must say ``train.device=cpu``).
+
+    ``accelerate launch --cpu`` starts a single process (its simple launcher needs mpirun for more), so the
+    processes come from the torchrun-based ``--multi_gpu`` launcher.
+    """
+    import sys
+
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+    ]  # fmt: skip
+
+
 SMALL = {"height": 96, "width": 64}
 
 

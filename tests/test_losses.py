@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -9,6 +8,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from mvmlm.losses import MultiViewClipLoss, PairClipLoss, text_group_ids
+
+from .conftest import free_port
 
 
 def _features(n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,12 +77,6 @@ def test_no_valid_pair_gives_zero_loss_with_a_graph():
     assert loss.item() == 0.0 and torch.all(a.grad == 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, a, b, valid, groups, out):
     import torch.distributed as dist
 
@@ -110,7 +105,7 @@ def test_two_processes_give_the_single_process_gradient():
     ref.backward()
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), a, b, valid, groups, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), a, b, valid, groups, out), nprocs=2, join=True)
     grads = torch.cat([out[0][1], out[1][1]])
     torch.testing.assert_close(grads, torch.cat([ref_a.grad, ref_b.grad], dim=1), rtol=1e-5, atol=1e-6)
     assert ((out[0][0] + out[1][0]) / 2).item() == pytest.approx(ref.item(), rel=1e-5)

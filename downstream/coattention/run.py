@@ -45,7 +45,7 @@ from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
 from mvmlm.sweep import FinishedRuns, claim_unit, file_digest
 from mvmlm.training import CHECKPOINTS_DIR, Engine, Loss, resolve_resume
-from mvmlm.training.engine import check_train_config
+from mvmlm.training.runs import open_run
 
 __all__ = [
     "UNITS_DIR",
@@ -213,9 +213,7 @@ def run_coattention(cfg: CoAttentionConfig, run: RunDir, state: PartialState) ->
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = COMMAND.parse(argv)
-    check_train_config(cfg.train)
-    state = PartialState(cpu=cfg.train.device == "cpu")
-    run = RunDir.create(cfg.out, cfg, main_process=state.is_main_process)
+    state, run = open_run(cfg)
     results = run_coattention(cfg, run, state)
     if state.is_main_process:
         run.write_metrics(results)

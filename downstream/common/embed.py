@@ -38,6 +38,7 @@ from mvmlm.data.exams import BREAST_SLOTS
 from mvmlm.data.preprocess import NotCachedError, load_cached
 from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder, image_encoder_accepts
 from mvmlm.models.mvclip import ImageTower, MVCLIPConfig, load_image_tower
+from mvmlm.registry import Registry
 from mvmlm.sweep import file_digest
 
 __all__ = [
@@ -78,22 +79,27 @@ class Backbone(nn.Module):
         return out.mean(dim=(2, 3)) if self.pool else out
 
 
-_SOURCES: dict[str, Callable[[EncoderConfig], Backbone]] = {}
-_FINGERPRINTS: dict[str, Callable[[EncoderConfig], dict]] = {}
+@dataclass(frozen=True)
+class EncoderSource:
+    """How a source builds its backbone and identifies the backbone's weights (for cache and resume keys)."""
+
+    build: Callable[[EncoderConfig], Backbone]
+    fingerprint: Callable[[EncoderConfig], dict]
+
+
+SOURCES: Registry[EncoderSource] = Registry("encoder source")
 
 
 def register_source(
     name: str, build: Callable[[EncoderConfig], Backbone], fingerprint: Callable[[EncoderConfig], dict]
 ) -> None:
     """Register an encoder source: ``build(cfg)`` makes the backbone, ``fingerprint(cfg)`` identifies its weights."""
-    if name in _SOURCES:
-        raise ValueError(f"encoder source {name!r} registered twice")
-    _SOURCES[name], _FINGERPRINTS[name] = build, fingerprint
+    SOURCES.add(name, EncoderSource(build, fingerprint))
 
 
 def _check(cfg: EncoderConfig) -> None:
-    if cfg.source not in _SOURCES:
-        raise ConfigError(f"unknown encoder source {cfg.source!r}; known: {', '.join(sorted(_SOURCES))}")
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"unknown encoder source {cfg.source!r}; known: {', '.join(SOURCES.names())}")
     if cfg.init not in INITS:
         raise ConfigError(f"encoder init must be one of {INITS}, got {cfg.init!r}")
 
@@ -103,7 +109,7 @@ def build_backbone(cfg: EncoderConfig) -> Backbone:
     _check(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _SOURCES[cfg.source](cfg).eval()
+        return SOURCES.get(cfg.source).build(cfg).eval()
 
 
 def build_feature_encoder(cfg: EncoderConfig) -> ImageEncoder:
@@ -118,7 +124,7 @@ def build_feature_encoder(cfg: EncoderConfig) -> ImageEncoder:
 def encoder_fingerprint(cfg: EncoderConfig) -> dict:
     """What identifies the encoder's weights (part of the embedding cache key)."""
     _check(cfg)
-    return {"source": cfg.source, "init": cfg.init, **_FINGERPRINTS[cfg.source](cfg)}
+    return {"source": cfg.source, "init": cfg.init, **SOURCES.get(cfg.source).fingerprint(cfg)}
 
 
 def _checkpoint_dir(cfg: EncoderConfig) -> Path:

@@ -52,6 +52,7 @@ from mvmlm.evaluation import METRICS, Evaluation, pivot_markdown, predict_classe
 from mvmlm.rundir import RunDir
 from mvmlm.sweep import FinishedRuns, claim_unit, file_digest
 from mvmlm.training import BEST_DIR, Engine, Loss
+from mvmlm.training.runs import open_run
 
 __all__ = [
     "UNITS_DIR",
@@ -279,8 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     """``mvmlm finetune --config FILE [key=value ...]``; returns the metrics dict."""
     cfg = COMMAND.parse(argv)
     check_config(cfg)
-    state = PartialState(cpu=cfg.train.device == "cpu")
-    run = RunDir.create(cfg.out, cfg, main_process=state.is_main_process)
+    state, run = open_run(cfg)
     metrics = run_finetune(cfg, run, state)
     if state.is_main_process:
         run.write_metrics(metrics)

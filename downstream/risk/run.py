@@ -37,7 +37,7 @@ from mvmlm.data.exams import EXAM_SLOTS, build_exams
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
-from mvmlm.training.engine import check_train_config
+from mvmlm.training.runs import open_run
 
 __all__ = ["FOLLOW_UP", "exam_follow_up", "load_risk_splits", "run_risk", "main"]
 
@@ -178,9 +178,7 @@ def run_risk(cfg: RiskConfig, run: RunDir, state: PartialState) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = COMMAND.parse(argv)
-    check_train_config(cfg.train)
-    state = PartialState(cpu=cfg.train.device == "cpu")
-    run = RunDir.create(cfg.out, cfg, main_process=state.is_main_process)
+    state, run = open_run(cfg)
     results = run_risk(cfg, run, state)
     if state.is_main_process:
         run.write_metrics(results)

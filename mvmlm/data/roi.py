@@ -42,6 +42,7 @@ from mvmlm.data.preprocess import (
     save_cached,
 )
 from mvmlm.errors import InputError
+from mvmlm.registry import Registry
 
 __all__ = [
     "Box",
@@ -95,19 +96,9 @@ def square_box(box: Box, margin: float, min_side: int, shape: tuple[int, int]) -
 
 
 BoxReader = Callable[[pd.Series, Path, tuple[int, int], bool], list[Box]]
-_ROI_SOURCES: dict[str, BoxReader] = {}
-
-
-def register_roi_source(dataset: str) -> Callable[[BoxReader], BoxReader]:
-    """Register ``fn(row, root, image shape, flipped) -> lesion boxes`` for a table's ``dataset`` value."""
-
-    def add(fn: BoxReader) -> BoxReader:
-        if dataset in _ROI_SOURCES:
-            raise ValueError(f"ROI source {dataset!r} registered twice")
-        _ROI_SOURCES[dataset] = fn
-        return fn
-
-    return add
+#: a table's ``dataset`` value -> ``fn(row, root, image shape, flipped) -> lesion boxes``
+ROI_SOURCES: Registry[BoxReader] = Registry("ROI source")
+register_roi_source = ROI_SOURCES.register
 
 
 def _listed(value: object) -> list[str]:
@@ -149,7 +140,7 @@ def _vindr_boxes(row: pd.Series, root: Path, shape: tuple[int, int], flipped: bo
 
 def lesion_boxes(row: pd.Series, root: str | Path, shape: tuple[int, int], flipped: bool) -> list[Box]:
     """The lesion boxes of one image row (canonical orientation, clipped); empty for a dataset without ROIs."""
-    reader = _ROI_SOURCES.get(str(row["dataset"]))
+    reader = ROI_SOURCES.get(name) if (name := str(row["dataset"])) in ROI_SOURCES else None
     return reader(row, Path(root), shape, flipped) if reader else []
 
 

@@ -13,6 +13,7 @@ from mvmlm.training.engine import (
 )
 from mvmlm.training.guards import NonFiniteLossError, average_gradients, check_finite
 from mvmlm.training.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine_schedule
+from mvmlm.training.runs import open_run
 from mvmlm.training.state import Best, TrainState
 from mvmlm.training.trackers import flat_hparams, tracker_names
 
@@ -40,4 +41,5 @@ __all__ = [
     "save_checkpoint",
     "tracker_names",
     "flat_hparams",
+    "open_run",
 ]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ from downstream.dual_stream.run import main
 from mvmlm.config import build_config
 from mvmlm.data.preprocess import PreprocessParams, RoiParams, cache_folder, preprocess_table
 from mvmlm.data.sources import cbis_ddsm
+
+from ..conftest import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs/dual_stream/tiny_cpu.yaml")
@@ -182,12 +182,6 @@ def test_an_interrupted_run_resumes_to_the_same_result(small_table, tmp_path, mo
     assert scores[0].tolist() == scores[1].tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_split_the_batches_and_predict_as_one(small_table, tmp_path):
     """``accelerate launch --num_processes 2 -m downstream.dual_stream`` (batch 5 per process) against one process
     with batch 10: the same global batches, so the same test predictions.
@@ -217,20 +211,7 @@ def test_two_processes_split_the_batches_and_predict_as_one(small_table, tmp_pat
     one = main([*argv, f"out={tmp_path / 'one'}", "data.batch_size=10"])
     assert one["breasts"]["train"] // 5 == 4  # 23 training breasts: 4 batches of 5 (2 per process), or 2 of 10
     launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+        *accelerate_launch(2),
         "-m",
         "downstream.dual_stream",
     ]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from ..conftest import accelerate_launch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -28,12 +28,6 @@ def _dist_step():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +61,7 @@ def test_two_processes_with_accumulation_equal_one_process(pretrain_inputs, tmp_
     """
     argv = pretrain_inputs.argv(tmp_path / "run", "data.batch_size=2", "train.accum_steps=2", "train.device=cpu")
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+        *accelerate_launch(2),
         str(HERE / "dist_step.py"),
         str(tmp_path),
         *argv,
