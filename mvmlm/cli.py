@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from mvmlm.errors import InputError
+from mvmlm.errors import InputError, RunFinished
 
 __all__ = ["ENTRY_POINT_GROUP", "Command", "commands", "main", "run_command", "module_main"]
 
@@ -95,6 +95,9 @@ def run_command(entry: Callable[[list[str] | None], object], argv: Sequence[str]
     except (InputError, FileNotFoundError) as exc:  # ConfigError is an InputError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFinished as done:
+        print(done)
+        return 0
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from mvmlm.cli import Command
 
-__all__ = ["SYNTH_DATA", "TABLES", "SPLIT", "PREPROCESS", "INFO", "DEMO"]
+__all__ = ["SYNTH_DATA", "TABLES", "SPLIT", "PREPROCESS", "INFO", "DEMO", "REPORT"]
 
 SYNTH_DATA = Command(
     name="synth-data",
@@ -63,4 +63,45 @@ DEMO = Command(
     config="mvmlm.demo:DemoConfig",
     description="Synthetic exams -> canonical table -> image cache -> reports -> tiny pretraining -> probe,\n"
     "four-view classifier and risk, on CPU in minutes; everything lands in one run directory (out).",
+)
+REPORT = Command(
+    name="report",
+    summary="one self-contained HTML page (images embedded) from a run directory's outputs",
+    main="mvmlm.report:main",
+    config="mvmlm.report.config:ReportConfig",
+    description="Reads what a run directory (a demo's, or one command's: pretrain, probe, multiview, risk, reports)\n"
+    "and its sub-folders hold and writes RUN_DIR/report.html: counts and contact sheet, example reports beside\n"
+    "their facts, pretraining curves, probe / four-view / risk tables with 95 % CIs and a verdict against chance\n"
+    "beside each number, plots, time per stage. Opens from disk, needs no network.\n\n"
+    "  mvmlm report runs/demo\n  mvmlm report runs/probe/vindr out=probe.html",
+)
+PREDICT = Command(
+    name="predict",
+    summary="probabilities for new DICOM exams (files, folders or a table) from a model bundle",
+    main="mvmlm.inference.predict:main",
+    config="mvmlm.inference.config:PredictConfig",
+    description="Groups DICOM files into exams and breasts from their headers, preprocesses them as the bundle says\n"
+    "and writes OUT/predictions.csv + .parquet (one row per breast; per exam too for four-view models; columns\n"
+    "prob_<head>_<class>) and OUT/skipped.csv (file, reason). Research use only, not a medical device.\n\n"
+    "  mvmlm predict --model runs/finetune/models/unit --input /data/new_exams --out runs/predict",
+    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("workers", "workers")),
+)
+EMBED = Command(
+    name="embed",
+    summary="per-view and per-breast embeddings of new DICOM exams from a bundle's image tower",
+    main="mvmlm.inference.embed:main",
+    config="mvmlm.inference.config:EmbedConfig",
+    description="Writes OUT (parquet): one row per view (level=view) and per breast (level=breast, views pooled)\n"
+    "with ids and the embedding, plus skipped.csv beside it.\n\n"
+    "  mvmlm embed --model runs/pretrain/model --input /data/new_exams --out runs/embeddings.parquet",
+    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("workers", "workers")),
+)
+PUSH = Command(
+    name="push",
+    summary="upload a model bundle to the Hugging Face Hub (checked against its manifest first)",
+    main="mvmlm.inference.push:main",
+    config="mvmlm.inference.config:PushConfig",
+    description="  mvmlm push --model runs/finetune/models/unit --repo-id ORG/NAME [--private]\n"
+    "The token comes from HF_TOKEN or `hf auth login`.",
+    flags=(("model", "model"), ("repo-id", "repo_id")),
 )

@@ -3,18 +3,25 @@
 Stages: synthetic VinDr-format exams (real DICOM + VinDr tables) -> canonical table -> preprocessing cache ->
 summary and a contact sheet PNG -> per-breast reports (template backend) -> tiny MV-CLIP pretraining -> linear
 probe of the pretrained model vs random init -> tiny four-view classifier -> risk prediction on synthetic
-EMBED-format follow-up. Everything lands in one run directory (``out``). Later stages run through the command
-registry, as a user would run the commands.
+EMBED-format follow-up (and the same with each exam paired with another exam's follow-up: the shuffled control) ->
+``report.html``. Everything lands in one run directory (``out``). Later stages run through the command registry,
+as a user would run the commands; each stage's config is ``configs/<stage>/demo.yaml`` plus ``overrides.<stage>``.
+The checks (``metrics.json`` ``checks``, the page's first table) say for each planted signal whether its 95 %
+interval excludes chance.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mvmlm.cli import commands
@@ -24,6 +31,7 @@ from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, c
 from mvmlm.data.sources import read_source
 from mvmlm.data.synthetic import write_synthetic
 from mvmlm.models.tiny_text import write_tiny_text_model
+from mvmlm.report.evidence import above_chance, fmt, fmt_ci
 from mvmlm.rundir import RunDir
 
 __all__ = ["DemoConfig", "main"]
@@ -32,11 +40,12 @@ log = logging.getLogger(__name__)
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # configs/ lives beside the packages in a source checkout
 #: the config file of each model stage (found here, or else in the source tree)
 STAGE_CONFIGS = {
-    "pretrain": "configs/pretrain/tiny_cpu.yaml",
-    "probe": "configs/probe/tiny.yaml",
-    "multiview": "configs/multiview/tiny.yaml",
-    "risk": "configs/risk/tiny.yaml",
+    "pretrain": "configs/pretrain/demo.yaml",
+    "probe": "configs/probe/demo.yaml",
+    "multiview": "configs/multiview/demo.yaml",
+    "risk": "configs/risk/demo.yaml",
 }
+STAGE_RUNS = [*STAGE_CONFIGS, "risk_shuffled"]  # run folders the demo replaces
 
 
 @dataclass
@@ -55,6 +64,7 @@ class DemoConfig:
     model_stages: bool = True  # pretraining, linear probe and four-view classifier (the slow part, ~minutes)
     pretrain_steps: int = 40
     risk_exams: int = 120  # synthetic EMBED-format exams (with risk follow-up) for the risk stage
+    overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra key=value for its command
 
 
 def summarize(table: pd.DataFrame, failures: int) -> dict:
@@ -78,6 +88,20 @@ def summarize(table: pd.DataFrame, failures: int) -> dict:
     }
 
 
+class Timer:
+    """Seconds per demo stage, printed as each stage ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"[{name}: {self.seconds[name]:.1f} s]")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo; returns the summary that is also written to ``metrics.json``."""
     from mvmlm.commands import DEMO
@@ -88,38 +112,51 @@ def main(argv: list[str] | None = None) -> dict:
     for name in [cfg.reports_config, *(STAGE_CONFIGS.values() if cfg.model_stages else [])]:
         config_file(name)  # fail before any stage runs
     run = RunDir.create(cfg.out, cfg)
-    for stage in STAGE_CONFIGS:  # the demo rebuilds its data: an earlier demo's trained runs are replaced
+    for stage in STAGE_RUNS:  # the demo rebuilds its data: an earlier demo's trained runs are replaced
         shutil.rmtree(run.file(stage), ignore_errors=True)
+    timer = Timer()
     root = run.file("data")
-    log.info("1/9 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
-    write_synthetic(cfg.format, root, exams=cfg.exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width)
-    log.info("2/9 reading the native tables into the canonical table")
-    table = read_source(cfg.format, str(root), seed=cfg.seed)
-    schema.write_table(table, run.file("table.parquet"))
-    log.info("3/9 preprocessing %d images into the cache", len(table))
     params = PreprocessParams(height=cfg.height, width=cfg.width)
-    cached = preprocess_table(table, root, run.file("cache"), params, workers=cfg.workers)
-    failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
-    log.info("4/9 summary and contact sheet")
-    summary = summarize(table, failures)
-    from mvmlm.data.contact_sheet import contact_sheet  # torch: only when the demo runs, not for --help
+    with timer.stage("data"):
+        log.info("1/9 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
+        write_synthetic(
+            cfg.format, root, exams=cfg.exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width
+        )
+        log.info("2/9 reading the native tables into the canonical table")
+        table = read_source(cfg.format, str(root), seed=cfg.seed)
+        schema.write_table(table, run.file("table.parquet"))
+        log.info("3/9 preprocessing %d images into the cache", len(table))
+        cached = preprocess_table(table, root, run.file("cache"), params, workers=cfg.workers)
+        failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
+        log.info("4/9 summary and contact sheet")
+        summary = summarize(table, failures)
+        from mvmlm.data.contact_sheet import contact_sheet  # torch: only when the demo runs, not for --help
 
-    sheet = contact_sheet(cached, run.file("contact_sheet.png"), exams=cfg.contact_exams)
+        sheet = contact_sheet(cached, run.file("contact_sheet.png"), exams=cfg.contact_exams)
     summary["contact_sheet"] = str(sheet)
-    run.write_metrics(summary)
     print(f"\nmvmlm demo: {summary['exams']} exams, {summary['images']} images, {failures} failures")
     for key in ("views", "splits", "birads", "density", "mass", "calcification", "malignant"):
         print(f"  {key:<13} {summary[key]}")
     print(f"  contact sheet: {sheet}")
-    summary["reports"] = write_reports(cfg, run)
+    with timer.stage("reports"):
+        summary["reports"] = write_reports(cfg, run)
     if cfg.model_stages:
         table = cache_folder(run.file("cache"), params) / TABLE_FILE
-        summary["pretrain"] = pretrain(cfg, run, table, run.file("reports"))
-        summary["probe"] = probe(run, table, summary["pretrain"]["model_dir"])
-        summary["multiview"] = multiview(cfg, run, table)
-        summary["risk"] = risk(cfg, run, params, summary["pretrain"]["model_dir"])
+        with timer.stage("pretrain"):
+            summary["pretrain"] = pretrain(cfg, run, table, run.file("reports"))
+        with timer.stage("probe"):
+            summary["probe"] = probe(cfg, run, table, summary["pretrain"]["model_dir"])
+        with timer.stage("multiview"):
+            summary["multiview"] = multiview(cfg, run, table)
+        with timer.stage("risk"):
+            summary["risk"] = risk(cfg, run, params, summary["pretrain"]["model_dir"])
+        summary["checks"] = checks(summary)
+        print_checks(summary["checks"])
+    summary["timings"] = timer.seconds
     run.write_metrics(summary)
-    print(f"  run directory: {run.path}")
+    print("\ntime per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timer.seconds.items()))
+    print(f"  total {sum(timer.seconds.values()):.1f} s; run directory: {run.path}")
+    summary["report"] = str(run_command("report", [str(run.path)]))  # prints the page's path, the last line
     return summary
 
 
@@ -166,32 +203,28 @@ def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
     }
 
 
+def stage_args(cfg: DemoConfig, stage: str, args: list[str]) -> list[str]:
+    """The command line of a model stage: its demo config, the demo's settings, then ``overrides.<stage>``."""
+    return ["--config", config_file(STAGE_CONFIGS[stage.split("_")[0]]), *args, *cfg.overrides.get(stage, [])]
+
+
 def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
     """Stage 6: a tiny MV-CLIP on the synthetic breasts and reports (tiny random text encoder: no download)."""
     log.info("6/9 pretraining a tiny MV-CLIP (%d steps)", cfg.pretrain_steps)
     texts = sorted(set(pd.read_parquet(sorted((corpus / "parts").glob("part-*.parquet"))).report))
     bert = write_tiny_text_model(run.file("tiny_text_model"), texts)
-    res = run_command(
-        "pretrain",
-        [
-            "--config",
-            config_file(STAGE_CONFIGS["pretrain"]),
-            f"data.table={table}",
-            f"data.corpus={corpus}",
-            f"model.text.model={bert}",
-            "model.text.hidden_size=32",
-            f"out={run.file('pretrain')}",
-            f"model.image.image_size=[{cfg.height},{cfg.width}]",
-            "model.image.encoder=timm:test_resnet",
-            f"train.max_steps={cfg.pretrain_steps}",
-            "optim.lr=1e-2",
-            "optim.warmup_steps=3",
-            "data.val_split=test",
-        ],
-    )
-    before, after = res["before"]["train"], res["after"]["train"]
+    args = [
+        f"data.table={table}",
+        f"data.corpus={corpus}",
+        f"model.text.model={bert}",
+        f"out={run.file('pretrain')}",
+        f"model.image.image_size=[{cfg.height},{cfg.width}]",
+        f"train.max_steps={cfg.pretrain_steps}",
+    ]
+    res = run_command("pretrain", stage_args(cfg, "pretrain", args))
+    before, after = res["before"]["val"], res["after"]["val"]
     print(
-        f"\npretraining: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; train image->text R@5 "
+        f"\npretraining: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; held-out image->text R@5 "
         f"{before['i2t_R@5']:.2f} -> {after['i2t_R@5']:.2f} (chance {after['chance_R@5']:.2f})"
     )
     return {
@@ -203,43 +236,42 @@ def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
     }
 
 
-def probe(run: RunDir, table: Path, model_dir: str) -> dict:
-    """Stage 7: linear probe of the pretrained tiny model vs its random init at 1 / 10 / 100 % (prints the table)."""
+def probe(cfg: DemoConfig, run: RunDir, table: Path, model_dir: str) -> dict:
+    """Stage 7: linear probe of the pretrained tiny model vs its random init (prints the table)."""
     log.info("7/9 linear probe: pretrained vs random init")
-    metrics = run_command(
-        "probe",
-        [
-            "--config",
-            config_file(STAGE_CONFIGS["probe"]),
-            f"data.table={table}",
-            f"encoders.mvmlm.checkpoint={model_dir}",
-            f"out={run.file('probe')}",
-            f"embed.cache={run.file('embeddings')}",
-        ],
-    )
-    return {"run": str(run.file("probe")), "summary": metrics["summary"]}
+    args = [
+        f"data.table={table}",
+        f"encoders.mvmlm.checkpoint={model_dir}",
+        f"out={run.file('probe')}",
+        f"embed.cache={run.file('embeddings')}",
+    ]
+    metrics = run_command("probe", stage_args(cfg, "probe", args))
+    return {"run": str(run.file("probe")), "summary": metrics["summary"], "results": metrics["results"]}
 
 
 def multiview(cfg: DemoConfig, run: RunDir, table: Path) -> dict:
     """Stage 8: a tiny four-view classifier (BI-RADS 4-5 stands in for malignancy: VinDr has no pathology)."""
     log.info("8/9 four-view classifier")
-    results = run_command(
-        "multiview",
-        [
-            "--config",
-            config_file(STAGE_CONFIGS["multiview"]),
-            f"data.table={table}",
-            "data.label_from=birads_4_5",
-            f"data.image_size=[{cfg.height},{cfg.width}]",
-            f"out={run.file('multiview')}",
-        ],
-    )
+    args = [f"data.table={table}", f"data.image_size=[{cfg.height},{cfg.width}]", f"out={run.file('multiview')}"]
+    results = run_command("multiview", stage_args(cfg, "multiview", args))
     print("\n" + "\n".join(results["summary_lines"]))
-    return {"run": str(run.file("multiview")), "best_epoch": results["best_epoch"]}
+    return {"run": str(run.file("multiview")), "best_epoch": results["best_epoch"], "test": results["eval"]["test"]}
+
+
+def shuffled_follow_up(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """``table`` with each exam given the follow-up of another exam of its split: images and outcomes unpaired."""
+    keys = ["dataset", "patient_id", "exam_id"]
+    follow_up = ["years_to_cancer", "years_to_last_followup"]
+    exams = table.drop_duplicates(keys)[[*keys, "split", *follow_up]].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    for _, rows in exams.groupby("split").groups.items():
+        exams.loc[rows, follow_up] = exams.loc[rng.permutation(rows), follow_up].to_numpy()
+    return table.drop(columns=follow_up).merge(exams[[*keys, *follow_up]], on=keys, how="left")[table.columns]
 
 
 def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str) -> dict:
-    """Stage 9: risk prediction on synthetic EMBED-format exams (VinDr has no follow-up), pretrained embeddings."""
+    """Stage 9: risk prediction on synthetic EMBED-format exams (VinDr has no follow-up) from the pretrained
+    embeddings, then the same with shuffled follow-up (the control a real signal must beat)."""
     log.info("9/9 risk prediction on %d synthetic EMBED-format exams", cfg.risk_exams)
     root = run.file("data_embed")
     write_synthetic(
@@ -247,16 +279,63 @@ def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str)
     )
     table = read_source("embed", str(root), seed=cfg.seed)
     preprocess_table(table, root, run.file("cache_embed"), params, workers=cfg.workers)
-    print("\nrisk prediction on synthetic EMBED follow-up (test split, patient-bootstrap 95 % CIs):")
-    result = run_command(
-        "risk",
-        [
-            "--config",
-            config_file(STAGE_CONFIGS["risk"]),
-            f"out={run.file('risk')}",
-            f"data.table={cache_folder(run.file('cache_embed'), params) / TABLE_FILE}",
-            "encoder.source=mvclip",
+    cached = cache_folder(run.file("cache_embed"), params) / TABLE_FILE
+    shuffled = cached.with_name("table_shuffled_follow_up.parquet")  # beside the cached images it points at
+    shuffled_follow_up(pd.read_parquet(cached), cfg.seed).to_parquet(shuffled, index=False)
+    results = {}
+    for name, path in (("risk", cached), ("risk_shuffled", shuffled)):
+        print(f"\n{name}: synthetic EMBED follow-up (test split, patient-bootstrap 95 % CIs):")
+        args = [
+            f"out={run.file(name)}",
+            f"data.table={path}",
             f"encoder.checkpoint={model_dir}",
-        ],
-    )
-    return {"run": str(run.file("risk")), "models": result["models"]}
+            f"embed.cache={run.file('embeddings')}",
+        ]
+        results[name] = run_command("risk", stage_args(cfg, name, args))["models"]
+    return {"run": str(run.file("risk")), "models": results["risk"], "shuffled": results["risk_shuffled"]}
+
+
+def _check(stage: str, claim: str, value: float, low: float, high: float, chance: float, baseline=None) -> dict:
+    """One row of the demo's checks: the number with its CI, and whether it beats chance (and ``baseline``)."""
+    verdict = above_chance(value, low, high, chance)
+    ok, words = verdict.ok, verdict.words
+    if baseline is not None:
+        name, reference = baseline
+        ok = ok and value > reference
+        words += f"; {'above' if value > reference else 'NOT above'} {name} ({fmt(reference)})"
+    return {"stage": stage, "claim": claim, "value": fmt_ci(value, low, high), "ok": bool(ok), "words": words}
+
+
+def checks(summary: dict) -> list[dict]:
+    """Each signal the synthetic truth plants, measured on held-out data (nothing here is tuned on it)."""
+    from mvmlm.report.evidence import wilson_interval
+
+    found = []
+    after = summary["pretrain"]["after"]
+    for key, direction in (("i2t_R@5", "image->text"), ("t2i_R@5", "text->image")):
+        n = int(after["breasts"])
+        low, high = wilson_interval(round(after[key] * n), n)
+        found.append(_check("pretrain", f"held-out {direction} R@5", after[key], low, high, after["chance_R@5"]))
+    results = pd.DataFrame(summary["probe"]["results"])
+    means = results.groupby(["task", "fraction", "encoder"])[["auc", "auc_low", "auc_high"]].mean()
+    for (task, fraction, encoder), row in means.iterrows():
+        if encoder == "random" or fraction < 0.1:
+            continue
+        random = means.loc[(task, fraction, "random"), "auc"]
+        claim = f"{task} AUC, {fraction:.0%} of training patients"
+        found.append(_check("probe", claim, row.auc, row.auc_low, row.auc_high, 0.5, ("random init", random)))
+    for task, sides in summary["multiview"]["test"]["tasks"].items():
+        pooled = sides["pooled"]
+        found.append(_check("multiview", f"test {task} AUC", pooled["auc"], pooled["auc_low"], pooled["auc_high"], 0.5))
+    for model, values in summary["risk"]["models"].items():
+        c, control = values["harrell_c"], summary["risk"]["shuffled"][model]["harrell_c"]["value"]
+        claim = f"{model} Harrell's C"
+        found.append(_check("risk", claim, c["value"], c["low"], c["high"], 0.5, ("shuffled control", control)))
+    return found
+
+
+def print_checks(found: list[dict]) -> None:
+    print("\ndoes each stage show its planted signal? (95 % CIs on held-out data)")
+    for check in found:
+        mark = "yes" if check["ok"] else "NO "
+        print(f"  {mark} {check['stage']:<9} {check['claim']:<42} {check['value']}  {check['words']}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "RunFinished"]
 
 
 class InputError(Exception):
@@ -12,3 +12,8 @@ class InputError(Exception):
     derive from the built-in error they refine (``ValueError``, ``ImportError``, ``OSError``), so callers catching
     those keep working.
     """
+
+
+class RunFinished(Exception):
+    """A resumed run that had already finished: nothing to do. The ``mvmlm`` command prints the message and exits 0,
+    leaving the run directory as it was."""

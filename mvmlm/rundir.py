@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mvmlm.config import ConfigError, config_to_yaml
+from mvmlm.errors import RunFinished
 
 __all__ = ["RunDir", "TRAINING_STATE", "git_commit", "package_versions"]
 
@@ -78,6 +79,20 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return f"{head}+dirty" if dirty else head
 
 
+def _same_settings(cfg: Any, path: Path) -> bool:
+    """Whether ``cfg`` equals the config recorded at ``path``, apart from how the run was started (train.resume)."""
+    import yaml
+
+    if not path.is_file():
+        return False
+
+    def settings(tree: dict) -> dict:
+        train = {k: v for k, v in (tree.get("train") or {}).items() if k != "resume"}
+        return {**tree, "train": train}
+
+    return settings(yaml.safe_load(config_to_yaml(cfg))) == settings(yaml.safe_load(path.read_text()))
+
+
 @dataclass
 class RunDir:
     """A run directory holding ``config.yaml``, ``provenance.json``, ``metrics.json`` and ``log.txt``."""
@@ -91,10 +106,14 @@ class RunDir:
         Only the main process writes; other processes of a distributed run get the same object.
 
         Args:
-            resume: a trainer's ``train.resume``: with ``none``, a folder that already holds a run's training
-                state is refused (nothing is written), so a rerun never destroys an earlier run.
+            resume: a trainer's ``train.resume``. With ``none``, a folder that already holds a run's training state
+                is refused (nothing is written), so a rerun never destroys an earlier run. When continuing a run
+                (``latest`` or a path), its own ``config.yaml`` / ``provenance.json`` stay as they are and this
+                invocation's go to ``resumes/<time>/``; a run that finished (it wrote ``metrics.json``) raises
+                :class:`~mvmlm.errors.RunFinished` and is left untouched.
         """
         run = cls(Path(out))
+        continuing = resume not in (None, "", "none")
         if resume in ("", "none"):
             held = [name for name in TRAINING_STATE if run.file(name).exists()]
             if held:
@@ -102,9 +121,14 @@ class RunDir:
                     f"{run.path} already holds a training run ({', '.join(held)}); continue it with "
                     "train.resume=latest (--resume latest) or choose another out folder"
                 )
+        if continuing and run.file("metrics.json").is_file() and _same_settings(cfg, run.file("config.yaml")):
+            raise RunFinished(f"{run.path} holds a finished run with these settings (metrics.json); nothing to do")
         if main_process:
             run.path.mkdir(parents=True, exist_ok=True)
-            run.write_text("config.yaml", config_to_yaml(cfg))
+            record = run
+            if continuing and run.file("config.yaml").is_file():
+                record = cls(run.file(f"resumes/{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
+            record.write_text("config.yaml", config_to_yaml(cfg))
             provenance = {
                 "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -112,7 +136,7 @@ class RunDir:
                 "git_commit": git_commit(),
                 "packages": package_versions(),
             }
-            run.write_json("provenance.json", provenance)
+            record.write_json("provenance.json", provenance)
             run.attach_log()
         return run
 

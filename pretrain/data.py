@@ -17,14 +17,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvmlm.data.exams import BreastDataset, build_breasts
 from mvmlm.data.preprocess import read_cached_table
-from mvmlm.data.transforms import AugmentConfig, RandomAffine
+from mvmlm.data.transforms import AugmentConfig, RandomAffine, derive_seed
 from mvmlm.losses import text_group_ids
 from mvmlm.models.text_encoders import TextFeatureCache
 
@@ -76,11 +75,6 @@ def load_breasts(table: str | Path, split: str, reports: dict[str, list[str]]) -
     breasts = breasts[has_report].reset_index(drop=True)
     breasts["reports"] = [reports[b] for b in breasts["breast_id"]]
     return breasts
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (independent streams for different ``(seed, epoch, index)``)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class EpochSampler(Sampler[int]):

@@ -7,13 +7,15 @@ of all processes and micro-batches of an optimizer step), the evaluation is imag
 ``config.yaml``, ``provenance.json``, ``log.txt``, ``train_log.jsonl`` (one line per step), ``val_log.jsonl`` (one
 line per validation), ``metrics.json`` (what :func:`main` returns: losses, validations, retrieval before and after
 training), ``tracking/`` (trackers), ``checkpoints/step_*`` (full training state, the newest
-``train.keep_checkpoints``) and ``model/`` (``model.safetensors`` + ``config.yaml``, loadable with ``MVCLIP.load``
-/ ``load_image_tower``). ``train.resume=latest`` continues from the newest checkpoint at the same place inside the
+``train.keep_checkpoints``) and ``model/``, a bundle (``model.safetensors`` + ``config.yaml``, loadable with
+``MVCLIP.load`` / ``load_image_tower``, plus ``config.json``, ``manifest.json`` and a model card:
+``mvmlm.load_model``). ``train.resume=latest`` continues from the newest checkpoint at the same place inside the
 epoch, with the same following batches and losses.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -24,9 +26,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mvmlm.bundle import ModelCardInfo, bundle_config, preprocessing_of
 from mvmlm.config import config_to_dict
 from mvmlm.losses import MultiViewClipLoss
-from mvmlm.models.mvclip import MVCLIP
+from mvmlm.models.mvclip import MVCLIP, MVCLIPBundle
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
 from mvmlm.training import Engine, FitResult
@@ -38,6 +41,8 @@ from pretrain.step import ContrastiveStep
 __all__ = ["DeviceTextEncoder", "Pretraining", "global_batch", "setup", "clamp_logit_scale", "pretrain", "main"]
 
 log = logging.getLogger(__name__)
+
+BEFORE_FILE = "before.json"  # retrieval before training, written by the first invocation of a run
 
 MODEL_DIR = "model"
 
@@ -149,13 +154,35 @@ def _after(job: Pretraining, fit: FitResult, model: nn.Module) -> dict[str, dict
     return after | job.evaluator.splits(model, tuple(name for name in ("val", "train") if name not in after))
 
 
+def save_model(cfg: PretrainConfig, job: Pretraining, results: dict, preprocessing: dict, run: RunDir) -> None:
+    """``<out>/model``: the MV-CLIP as a bundle, its card with the breasts it saw and its retrieval after training."""
+    after = results["after"].get("val", {})
+    card = ModelCardInfo.from_run(
+        run.path,
+        title="MV-CLIP (mvmlm pretraining)",
+        predicts="Embeds the CC and MLO views of a breast (and reports) into one space; use it to embed images.",
+        counts={
+            "train": job.train_breasts,
+            **{k: len(v.dataset) for k, v in job.evaluator.loaders.items() if k == "val"},
+        },
+        metrics={f"val/{k}": f"{v:.3f}" for k, v in after.items() if k == "loss" or "R@" in k},
+    )
+    config = bundle_config(config_to_dict(cfg.model), {}, preprocessing, card, step=results["steps"])
+    MVCLIPBundle(job.model, config).save_pretrained(run.file(MODEL_DIR))
+
+
 def pretrain(cfg: PretrainConfig, engine: Engine, run: RunDir, evaluate_before: bool = True) -> dict:
     """Train, evaluate before (``evaluate_before``) and after, save ``<out>/model``; returns the results dict."""
+    preprocessing = preprocessing_of(cfg.data.table)  # before training: a table without one fails at once
     job = setup(cfg, engine)
     results: dict = {"global_batch": global_batch(cfg, engine)}
     if evaluate_before:
         results["before"] = job.evaluator.splits(job.model.to(engine.device))
         _log_eval(engine, 0, "before", results["before"])
+        if engine.is_main_process:  # kept for a resumed run's metrics.json
+            run.write_json(BEFORE_FILE, results["before"])
+    elif run.file(BEFORE_FILE).is_file():
+        results["before"] = json.loads(run.file(BEFORE_FILE).read_text())
     fit = engine.fit(
         job.model,
         job.train_loader,
@@ -176,7 +203,7 @@ def pretrain(cfg: PretrainConfig, engine: Engine, run: RunDir, evaluate_before: 
     _log_eval(engine, fit.steps, "after", results["after"])
     engine.accelerator.wait_for_everyone()
     if engine.is_main_process:
-        job.model.save(run.file(MODEL_DIR), metadata={"step": str(fit.steps)})
+        save_model(cfg, job, results, preprocessing, run)
     results["model_dir"] = str(run.file(MODEL_DIR))
     results["trackers"] = [tracker.name for tracker in engine.accelerator.trackers]
     return results

@@ -1,7 +1,9 @@
 """The report corpus on disk: ``<out>/parts/part-<shard>-<seq>.parquet`` + ``<out>/manifest.json``.
 
 A part is written to a hidden temporary file and renamed into place, so a reader (or a resumed run)
-only ever sees complete parts. The ids in the published parts are the run's checkpoint: a run killed
+only ever sees complete parts. The manifest (the settings that identify the reports: backend, model, sampling,
+prompt hash, fields, seed) is written before the first part and checked by every later run, so a corpus never
+mixes two settings, even after a kill. The ids in the published parts are the run's checkpoint: a run killed
 at any moment and restarted writes every ``(breast id, variant)`` exactly once. Load the corpus with
 :func:`read_corpus` or ``datasets.load_dataset("parquet", data_files=corpus_glob(out))``.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "read_corpus",
     "corpus_counts",
     "check_manifest",
+    "write_manifest",
 ]
 
 PARTS = "parts"
@@ -122,6 +125,16 @@ def corpus_counts(out: str | Path) -> dict:
         "parts": len(files),
         "by_source": dict(sorted(sources.items())),
     }
+
+
+def write_manifest(out: str | Path, manifest: dict) -> Path:
+    """Write ``<out>/manifest.json`` atomically (temporary file + rename)."""
+    path = Path(out) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def check_manifest(out: str | Path, manifest: dict) -> None:

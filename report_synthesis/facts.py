@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -112,6 +113,15 @@ class BreastFacts:
     def to_json(self) -> str:
         return json.dumps(self.reportable(), sort_keys=True)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> BreastFacts:
+        """The inverse of :meth:`reportable` plus the ids (``dataset``, ``patient_id``, ``exam_id``); lists become
+        tuples. Raises ``KeyError`` naming unknown keys."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise KeyError(f"unknown fact key(s) {unknown}; known: {', '.join(FIELDS)}")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
 
 def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     """Validate field names; raises :class:`ConfigError` naming the unknown ones."""
@@ -131,11 +141,15 @@ def _word(value: object) -> str | None:
 
 
 def _split_descriptor(value: object) -> tuple[str | None, list[str]]:
-    """Split a (possibly ``-``-joined) descriptor into lexicon words and the parts that name other findings."""
+    """Split a joined descriptor into lexicon words and the parts that name other findings.
+
+    Parts are joined by ``,`` (the CBIS-DDSM adapter) or, in CBIS-DDSM's raw upper-case form, by ``-``
+    (``IRREGULAR-ARCHITECTURAL_DISTORTION``); hyphens inside lexicon words (``popcorn-like``) are kept.
+    """
     word = _word(value)
     if word is None:
         return None, []
-    parts = [p.strip() for p in word.split("-") if p.strip()]
+    parts = [p.strip() for p in re.split(r"[,-]" if str(value).isupper() else ",", word) if p.strip()]
     findings = [p for p in parts if p in OTHER_FINDINGS]
     kept = [p for p in parts if p not in OTHER_FINDINGS]
     return (" and ".join(kept) or None), findings

@@ -1,18 +1,45 @@
 """Clean a generation and check it against the facts: a report must not contradict or add to the table.
 
-:func:`fact_check` returns rejection reasons as ``"<category>: <detail>"`` strings (empty list = accepted):
-laterality, BI-RADS category, density, age, finding presence (mass, calcification, other findings),
-identifiers and dates, truncation. Rules are deliberately strict: a rejected generation is retried and
+:func:`fact_check` returns rejection reasons as ``"<category>: <detail>"`` strings (empty list = accepted).
+Categories: laterality, views, age, density, birads, mass, calcification, other finding (presence, asserted vs
+negated), descriptor (BI-RADS lexicon groups with synonyms, both ways: nothing stated that the facts do not hold,
+nothing the facts hold left out), pathology, measurement, location, temporal (comparisons and history), identifier
+(ids, dates, names, placeholders), empty, truncated. What a text states is read by
+:func:`report_synthesis.extract.extract`. Rules are deliberately strict: a rejected generation is retried and
 finally replaced by the template report, so a false rejection costs variety, a false acceptance costs truth.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from report_synthesis.extract import RuleContext, Stated, descriptor_groups, extract
 from report_synthesis.facts import OTHER_FINDINGS, BreastFacts
+from report_synthesis.structured import check_stated
 
-__all__ = ["clean", "fact_check", "reason_category"]
+__all__ = ["REASON_CATEGORIES", "clean", "compare", "fact_check", "reason_category"]
+
+#: Every category a rejection reason of :func:`fact_check` can have (the part before the first ``:``).
+REASON_CATEGORIES = (
+    "empty",
+    "truncated",
+    "identifier",
+    "laterality",
+    "views",
+    "birads",
+    "density",
+    "age",
+    "mass",
+    "calcification",
+    "other finding",
+    "descriptor",
+    "pathology",
+    "measurement",
+    "location",
+    "temporal",
+    "stated facts",
+)
 
 _THINK = re.compile(r"<(think|thinking|reasoning)>.*?(</\1>|\Z)", re.S | re.I)
 _PREAMBLE = re.compile(
@@ -20,56 +47,6 @@ _PREAMBLE = re.compile(
 )
 _FENCE = re.compile(r"^\s*```[a-z]*\s*$", re.M)
 _MARKDOWN = re.compile(r"(\*\*|__|\*|`|^#{1,6}\s*|^\s*[-*+]\s+|^\s*>\s?)", re.M)
-
-_SENTENCE = re.compile(r"[.;]+(?:\s|$)|\n")
-_NEGATION = re.compile(r"\b(?:no|not|without|negative for|absence of|absent|free of|none|neither|nor)\b", re.I)
-_SCOPE_END = re.compile(r"\b(?:but|however|although|though|whereas|yet|except|there (?:is|are))\b", re.I)
-_POST_NEGATION = re.compile(
-    r"^\W*(?:\w+\W+){0,3}?(?:absent|none|not (?:seen|identified|present|visualized|demonstrated))\b", re.I
-)
-_BOILERPLATE = re.compile(
-    r"\b(?:may|can|could|might)\s+(?:obscure|hide|mask)\s+(?:small\s+)?(?:masses|lesions)\b", re.I
-)
-
-_FINDINGS = {
-    "mass": re.compile(r"\bmass(?:es)?\b", re.I),
-    "calcification": re.compile(r"\b(?:micro)?calcific\w*|\bcalcified\b", re.I),
-}
-_OTHER = {name: re.compile(r"\b" + name.replace(" ", r"\s+") + r"\b", re.I) for name in OTHER_FINDINGS}
-_OTHER["asymmetry"] = re.compile(r"\basymmetr\w*", re.I)  # any kind of asymmetry
-
-_SIDES = {"left": re.compile(r"\bleft\b", re.I), "right": re.compile(r"\bright\b", re.I)}
-_BILATERAL = re.compile(r"\b(bilateral(?:ly)?|both breasts)\b", re.I)
-_BIRADS = re.compile(
-    r"\b(?:BI-?\s?RADS|category)\b[^0-9A-Za-z]{0,3}(?:(?:category|assessment|score)[^0-9A-Za-z]{0,3})?([0-6])(?![0-9])",
-    re.I,
-)
-_DENSITY_BEFORE = re.compile(r"\b(?:density|composition)\W*$", re.I)  # "density category 3" is not BI-RADS
-_DENSITY_LETTER = re.compile(r"(?i:\b(?:density|composition|ACR)(?:\s+(?:category|type|grade))?)\s*[:(]?\s*([A-D])\b")
-_DENSITY_WORDS = {
-    "A": re.compile(r"\b(?:almost entirely|predominantly|entirely) fat(?:ty)?\b|\bfatty replaced\b", re.I),
-    "B": re.compile(r"\bscattered (?:areas of )?fibroglandular\b", re.I),
-    "C": re.compile(r"\bheterogeneously dense\b", re.I),
-    "D": re.compile(r"\bextremely dense\b", re.I),
-}
-_AGE = re.compile(
-    r"\b(\d{1,3})\s*(?:-|\s)?(?:years?|yrs?)(?:\s*-?\s*old|\s+of\s+age)\b|\bage[d]?\s*:?\s*(\d{1,3})\b|\b(\d{1,3})\s*y/?o\b",
-    re.I,
-)
-_IDENTIFIERS = {
-    "date": re.compile(
-        r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b|\b(?:19|20)\d{2}\b|"
-        r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?|"
-        r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?\s+\d{1,2}\b",
-        re.I,
-    ),
-    "long number": re.compile(r"\d{5,}"),
-    "id label": re.compile(
-        r"\b(?:mrn|accession|medical record|patient (?:id|name)|date of birth|dob|ssn|id\s*(?:no|number|#|:))", re.I
-    ),
-    "name": re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr)\.?\s+[A-Z][a-z]+"),
-    "contact": re.compile(r"\S+@\S+\.\w+|\b\d{3}[-.\s]\d{3}[-.\s]\d{4}\b"),
-}
 
 
 def clean(text: str) -> str:
@@ -87,94 +64,120 @@ def reason_category(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def _claims(sentences: list[str], term: re.Pattern) -> tuple[bool, bool]:
-    """Whether ``sentences`` assert and whether they negate the finding matched by ``term`` (NegEx-style scopes)."""
-    asserted = negated = False
-    for sentence in sentences:
-        for match in term.finditer(sentence):
-            before = _SCOPE_END.split(sentence[: match.start()])[-1]
-            after = sentence[match.end() :]
-            if _NEGATION.search(before) or _POST_NEGATION.search(after):
-                negated = True
-            else:
-                asserted = True
-    return asserted, negated
-
-
-def _presence(category: str, truth: bool | None, sentences: list[str], term: re.Pattern, label: str = "") -> list[str]:
-    asserted, negated = _claims(sentences, term)
+def _presence(category: str, truth: bool | None, stated: Stated, name: str, label: str = "") -> list[str]:
     what = f"{category}: {label + ' ' if label else ''}"
     if truth is None:
-        return [f"{what}mentioned although unknown"] if asserted else []
-    if truth and not asserted:
-        return [f"{what}present but {'denied' if negated else 'not mentioned'}"]
-    if not truth and asserted:
+        return [f"{what}mentioned although unknown"] if stated.asserted(name) else []
+    if truth and not stated.asserted(name):
+        return [f"{what}present but {'denied' if stated.negated(name) else 'not mentioned'}"]
+    if not truth and stated.asserted(name):
         return [f"{what}invented (the facts say none)"]
     return []
 
 
-def _other_findings(facts: BreastFacts, sentences: list[str]) -> list[str]:
+def _other_findings(facts: BreastFacts, stated: Stated) -> list[str]:
     listed = facts.other_findings or ()
     reasons = []
-    for name, term in _OTHER.items():
+    for name in (*OTHER_FINDINGS, "asymmetry"):
         if name in listed:
-            reasons += _presence("other finding", True, sentences, term, name)
-        elif not (name == "asymmetry" and any("asymmetry" in f for f in listed)) and _claims(sentences, term)[0]:
-            reasons.append(f"other finding: {name} invented")
+            reasons += _presence("other finding", True, stated, name, name)
+        elif stated.asserted(name) and not (name == "asymmetry" and any("asymmetry" in f for f in listed)):
+            reasons.append(
+                f"other finding: {name} {'mentioned although unknown' if facts.other_findings is None else 'invented'}"
+            )
     return reasons
 
 
-def _identifiers(facts: BreastFacts, text: str) -> list[str]:
-    reasons = [f"identifier: {kind} {m.group(0)!r}" for kind, rx in _IDENTIFIERS.items() if (m := rx.search(text))]
+def _descriptors(facts: BreastFacts, stated: Stated, text: str) -> list[str]:
+    values = [
+        value
+        for flag, names in (
+            (facts.mass, ("mass_shape", "mass_margin")),
+            (facts.calcification, ("calc_morphology", "calc_distribution")),
+        )
+        if flag
+        for value in (getattr(facts, n) for n in names)
+        if value
+    ]
+    known = set().union(*(descriptor_groups(v) for v in values)) if values else set()
+    reasons = [
+        f"descriptor: states {g!r}, the facts say {', '.join(values) or 'none'}"
+        for g in sorted(stated.descriptors - known)
+    ]
+    for value in values:
+        groups = descriptor_groups(value)
+        if groups - stated.descriptors if groups else value.lower() not in text.lower():
+            reasons.append(f"descriptor: {value!r} not stated")
+    return reasons
+
+
+def _identifiers(facts: BreastFacts, stated: Stated, text: str) -> list[str]:
+    """Identifier reasons name the kind found, never the text (reasons are stored in corpora and audits)."""
+    reasons = [f"identifier: {kind}" for kind in stated.identifiers]
     lowered = text.lower()
-    for value in (facts.patient_id, facts.exam_id):
+    for name, value in (("patient", facts.patient_id), ("exam", facts.exam_id)):
         if len(value) >= 4 and value.lower() in lowered:
-            reasons.append(f"identifier: contains the id {value!r}")
+            reasons.append(f"identifier: contains the {name} id")
     return reasons
 
 
-def _numbers(facts: BreastFacts, text: str) -> list[str]:
-    reasons = []
-    stated = {
-        int(m.group(1))
-        for m in _BIRADS.finditer(text)
-        if not _DENSITY_BEFORE.search(text[max(0, m.start() - 40) : m.start()])
-    }
-    if facts.birads is None and stated:
-        reasons.append(f"birads: states {sorted(stated)} although unknown")
-    elif facts.birads is not None and stated - {facts.birads}:
-        reasons.append(f"birads: states {sorted(stated)}, the facts say {facts.birads}")
-    elif facts.birads is not None and not stated:
+def _known(category: str, truth, stated: set, unknown_ok: bool = False) -> list[str]:
+    """A single-valued fact: stated values must equal the truth; none may be stated when it is unknown."""
+    if truth is None:
+        return [] if not stated or unknown_ok else [f"{category}: states {sorted(stated)} although unknown"]
+    if stated - {truth}:
+        return [f"{category}: states {sorted(stated)}, the facts say {truth}"]
+    return []
+
+
+def compare(stated: Stated, facts: BreastFacts, text: str) -> list[str]:
+    """Rejection reasons for a report that states ``stated`` (read from ``text``) for ``facts``."""
+    reasons = _identifiers(facts, stated, text)
+    other = "right" if facts.side == "left" else "left"
+    if other in stated.sides or stated.bilateral:
+        reasons.append(f"laterality: mentions the {other} side or both breasts, the facts say {facts.side}")
+    if facts.side not in stated.sides:
+        reasons.append(f"laterality: the {facts.side} side is not named")
+    if stated.views - set(facts.views or ()):
+        reasons.append(f"views: states {sorted(stated.views)}, the facts say {list(facts.views or ['unknown'])}")
+    reasons += _known("birads", facts.birads, stated.birads)
+    if facts.birads is not None and not stated.birads:
         reasons.append(f"birads: category {facts.birads} not stated")
-    densities = set(_DENSITY_LETTER.findall(text))
-    densities |= {letter for letter, rx in _DENSITY_WORDS.items() if rx.search(text)}
-    if densities and facts.density is None:
-        reasons.append(f"density: states {sorted(densities)} although unknown")
-    elif densities - {facts.density, None}:
-        reasons.append(f"density: states {sorted(densities)}, the facts say {facts.density}")
-    ages = {int(next(g for g in m.groups() if g)) for m in _AGE.finditer(text)}
-    if ages and facts.age is None:
+    reasons += _known("density", facts.density, stated.density)
+    if stated.ages and facts.age is None:
         reasons.append("age: stated although unknown")
-    elif ages - {facts.age, None}:
-        reasons.append(f"age: states {sorted(ages)}, the facts say {facts.age}")
+    elif stated.ages - {facts.age}:
+        reasons.append(f"age: states {sorted(stated.ages)}, the facts say {facts.age}")
+    for name in ("mass", "calcification"):
+        reasons += _presence(name, getattr(facts, name), stated, name)
+    reasons += _other_findings(facts, stated)
+    reasons += _descriptors(facts, stated, text)
+    reasons += _known("pathology", facts.pathology, stated.pathology)
+    for category, found in (
+        ("measurement", stated.measurements),
+        ("location", stated.locations),
+        ("temporal", stated.temporal),
+    ):
+        if found:
+            reasons.append(f"{category}: {', '.join(repr(f) for f in dict.fromkeys(found))} (not among the facts)")
     return reasons
 
 
-def fact_check(text: str, facts: BreastFacts, finish_reason: str | None = None) -> list[str]:
-    """Why ``text`` may not stand as the report of ``facts`` (empty list = accepted)."""
+def fact_check(
+    text: str,
+    facts: BreastFacts,
+    finish_reason: str | None = None,
+    context: Callable[[str], RuleContext] = RuleContext,
+    stated_facts: dict | None = None,
+) -> list[str]:
+    """Why the cleaned ``text`` may not stand as the report of ``facts`` (empty list = accepted).
+
+    ``stated_facts`` (a structured answer's own account of its report) must agree with the facts and the text.
+    """
     if not text.strip():
         return ["empty: no report text"]
     if finish_reason == "length":
         return ["truncated: max_tokens reached"]
-    reasons = _identifiers(facts, text)
-    other = "right" if facts.side == "left" else "left"
-    if _SIDES[other].search(text) or _BILATERAL.search(text):
-        reasons.append(f"laterality: mentions the {other} side or both breasts, the facts say {facts.side}")
-    if not _SIDES[facts.side].search(text):
-        reasons.append(f"laterality: the {facts.side} side is not named")
-    reasons += _numbers(facts, text)
-    sentences = _SENTENCE.split(_BOILERPLATE.sub("", text))
-    for name, term in _FINDINGS.items():
-        reasons += _presence(name, getattr(facts, name), sentences, term)
-    reasons += _other_findings(facts, sentences)
-    return reasons
+    stated = extract(text, context)
+    reasons = compare(stated, facts, text)
+    return reasons if stated_facts is None else reasons + check_stated(stated_facts, facts, stated)

@@ -3,7 +3,10 @@
 Canonical image table in -> one report per breast (``variants: k`` reports per breast) -> a corpus of
 parquet parts + manifest in ``out`` (see :mod:`report_synthesis.corpus`). Every generation is cleaned and
 fact-checked; a rejected one is retried with a new seed up to ``max_attempts`` generations, then replaced
-by the template report with the reason recorded. Resumable; ``--shard-id/--num-shards`` split the breasts.
+by the template report with the reason recorded (``fallback_reason``): a failed report. The command exits with
+code 2 when every report, or more than ``max_failures`` of those written by the run, failed, or when the backend
+answered no request of a chunk (the parts written so far are kept). Resumable; ``--shard-id/--num-shards`` split
+the breasts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mvmlm.batch import DEFAULT_MAX_FAILURES, TooManyFailuresError, check_max_failures, failure_summary
 from mvmlm.config import MISSING, ConfigError, config_to_dict
 from mvmlm.data.schema import read_table
 from mvmlm.rundir import RunDir
@@ -49,6 +53,7 @@ class ReportsConfig:
     fields: list[str] = field(default_factory=lambda: list(DEFAULT_FIELDS))  # facts a report may state
     seed: int = 0  # mixed into every per-request seed
     max_attempts: int = 3  # generations per report before falling back to the template
+    max_failures: float = DEFAULT_MAX_FAILURES  # exit code 2 when more than this fraction fell back to the template
     chunk_size: int = 512  # reports per backend call and per parquet part (the checkpoint unit)
     shard_id: int = 0
     num_shards: int = 1
@@ -71,6 +76,7 @@ def _validate(cfg: ReportsConfig) -> None:
             raise ConfigError(f"key {key!r}: must be >= {low}, got {value}")
     if not 0 <= cfg.shard_id < cfg.num_shards:
         raise ConfigError(f"key 'shard_id': must be in [0, {cfg.num_shards}), got {cfg.shard_id}")
+    check_max_failures(cfg.max_failures)
 
 
 def in_shard(breast: str, shard_id: int, num_shards: int) -> bool:
@@ -122,7 +128,9 @@ def _synthesize(cfg: ReportsConfig, backend: Backend, jobs: list, phash: str, st
         for job, request, gen in zip(pending, requests, generations, strict=True):
             text = "" if gen.error else clean(gen.text)
             reasons = (
-                [f"backend error: {gen.error}"] if gen.error else fact_check(text, request.facts, gen.finish_reason)
+                [f"backend error: {gen.error}"]
+                if gen.error
+                else fact_check(text, request.facts, gen.finish_reason, stated_facts=gen.stated_facts)
             )
             if reasons:
                 stats.rejections.update(reason_category(r) for r in reasons)
@@ -207,6 +215,7 @@ def write_reports(cfg: ReportsConfig, run: RunDir, backend: Backend | None = Non
     phash = manifest["prompt_hash"]
     corpus.check_manifest(cfg.out, manifest)
     facts = [f.select(cfg.fields) for f in breast_facts(read_table(cfg.table))]
+    corpus.write_manifest(cfg.out, manifest)  # before the first part: a rerun after a kill is checked against it
     corpus.remove_stale(cfg.out, cfg.shard_id)
     done = corpus.written_ids(cfg.out)
     jobs = _todo(cfg, facts, done)
@@ -233,7 +242,7 @@ def write_reports(cfg: ReportsConfig, run: RunDir, backend: Backend | None = Non
                 bar.update(len(chunk))
     seconds = time.perf_counter() - start
     counts = corpus.corpus_counts(cfg.out)
-    run.write_json(corpus.MANIFEST, {**manifest, "counts": counts})
+    corpus.write_manifest(cfg.out, {**manifest, "counts": counts})
     summary = {
         "shard": f"{cfg.shard_id}/{cfg.num_shards}",
         "expected": expected,
@@ -273,6 +282,17 @@ def main(argv: list[str] | None = None) -> dict:
     _validate(cfg)
     corpus.check_manifest(cfg.out, _manifest(cfg))  # before the run directory records a config it would refuse
     run = RunDir.create(cfg.out, cfg)
-    summary = write_reports(cfg, run)
+    try:
+        summary = write_reports(cfg, run)
+    except BackendError as exc:
+        raise TooManyFailuresError(f"{exc}; the parts written so far are kept, rerun to continue") from exc
     run.write_json("metrics.json" if cfg.num_shards == 1 else f"metrics-shard{cfg.shard_id:05d}.json", summary)
+    done = failure_summary(
+        summary["written"] - summary["template_fallback"],
+        summary["template_fallback"],
+        cfg.max_failures,
+        what="reports",
+        where=f"{corpus.corpus_glob(cfg.out)}, column fallback_reason",
+    )
+    log.info("reports %s: %s", cfg.out, done)
     return summary

@@ -1,29 +1,33 @@
+"""``mvmlm demo``: the stage wiring on tiny seeded data (the figures are checked by running the demo, not here)."""
+
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from mvmlm.config import ConfigError
-from mvmlm.demo import main
+from mvmlm.demo import main, shuffled_follow_up
+
+TINY = ["exams=8", "source_height=96", "source_width=64", "height=64", "width=40", "workers=1", "contact_exams=2"]
+#: every model stage at its smallest: the wiring, not the figures
+TINY_STAGES = """
+pretrain_steps: 2
+risk_exams: 24
+overrides:
+  pretrain: [train.eval_every=2, eval.train_subset=0]
+  probe: ["fractions=[1.0]", "seeds=[0]", "tasks=[density]", "bootstrap=20", "plots=false"]
+  multiview: [train.epochs=1, eval.bootstrap=20, eval.plots=false]
+  risk: [train.epochs=1, bootstrap=20, "models=[coxnet]"]
+  risk_shuffled: [train.epochs=1, bootstrap=20, "models=[coxnet]"]
+"""
 
 
-def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, monkeypatch):
+def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the checkout: the stage configs come from the source tree
     out = tmp_path / "demo"
-    summary = main(
-        [
-            f"out={out}",
-            "exams=8",
-            "source_height=96",
-            "source_width=64",
-            "height=64",
-            "width=40",
-            "workers=1",
-            "contact_exams=2",
-            "model_stages=false",
-        ]
-    )
+    summary = main([f"out={out}", *TINY, "model_stages=false"])
     assert summary["exams"] == 8 and summary["failures"] == 0
     assert sum(summary["views"].values()) == summary["images"]
     assert (out / "contact_sheet.png").stat().st_size > 1000
@@ -31,6 +35,47 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, monkeypatch):
     assert (out / "table.parquet").is_file() and (out / "config.yaml").is_file()
     breasts = summary["reports"]["breasts"]
     assert breasts == sum(summary["density"].values()) and summary["reports"]["reports"] == 3 * breasts
+    assert set(summary["timings"]) == {"data", "reports"} and summary["report"] == str(out / "report.html")
+
+
+def test_demo_runs_every_stage_into_one_run_directory_and_its_report(tmp_path):
+    config = tmp_path / "tiny_demo.yaml"
+    config.write_text(TINY_STAGES)
+    out = tmp_path / "demo"
+    summary = main(["--config", str(config), f"out={out}", *TINY, "exams=12"])
+    assert list(summary["timings"]) == ["data", "reports", "pretrain", "probe", "multiview", "risk"]
+    for stage in ("pretrain", "probe", "multiview", "risk", "risk_shuffled"):
+        assert (out / stage / "metrics.json").is_file(), stage
+    assert {c["stage"] for c in summary["checks"]} == {"pretrain", "probe", "multiview", "risk"}
+    assert [c["claim"] for c in summary["checks"] if c["stage"] == "risk"] == ["coxnet Harrell's C"]
+    html = (out / "report.html").read_text()
+    assert all(f'<table class="{t}"' in html for t in ("checks", "timings", "probe", "multiview", "risk"))
+
+
+def test_the_shuffled_control_keeps_images_and_splits_and_moves_follow_up_within_a_split():
+    exams = [(f"p{i}", "train" if i < 6 else "test", float(i)) for i in range(10)]
+    table = pd.DataFrame(
+        [
+            {
+                "dataset": "d",
+                "patient_id": p,
+                "exam_id": "e",
+                "split": s,
+                "cache_path": f"{p}_{v}",
+                "years_to_cancer": y,
+                "years_to_last_followup": y + 1,
+            }
+            for p, s, y in exams
+            for v in ("CC", "MLO")
+        ]
+    )
+    shuffled = shuffled_follow_up(table, seed=0)
+    assert shuffled.columns.tolist() == table.columns.tolist()
+    assert shuffled.cache_path.tolist() == table.cache_path.tolist()
+    assert (shuffled.years_to_cancer != table.years_to_cancer).any()
+    for split, rows in shuffled.groupby("split"):
+        assert sorted(rows.years_to_cancer) == sorted(table[table.split == split].years_to_cancer)
+    assert (shuffled.groupby("patient_id").years_to_cancer.nunique() == 1).all()  # one follow-up per exam
 
 
 def test_a_missing_stage_config_fails_before_anything_is_written(tmp_path):

@@ -17,7 +17,7 @@ from downstream.common.tasks import Task, load_breasts
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.preprocess import read_cached_table
-from mvmlm.data.transforms import build_transform
+from mvmlm.data.transforms import SeededItems, build_transform
 from mvmlm.models.text_encoders import TextFeatureCache
 from report_synthesis import breast_facts, template_report
 
@@ -120,5 +120,7 @@ def load_splits(cfg: CoAttentionConfig, task: Task, texts: TextFeatureCache, dev
         part = breasts.iloc[chosen].reset_index(drop=True)
         transform = build_transform(role == "train", cfg.data.augment)
         dataset = BreastTexts(part, labels[chosen], rows[chosen], hidden, mask, transform)
+        if role == "train":
+            dataset = SeededItems(dataset, cfg.train.seed)
         splits[role] = Split(part, labels[chosen], dataset)
     return splits

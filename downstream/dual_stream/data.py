@@ -14,7 +14,7 @@ from mvmlm.config import AugmentConfig
 from mvmlm.data.exams import BREAST_KEYS, BREAST_SLOTS, BreastDataset, build_breasts
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.data.roi import read_crop_table
-from mvmlm.data.transforms import build_transform
+from mvmlm.data.transforms import SeededItems, build_transform
 
 __all__ = ["load_breasts", "DualStreamDataset", "make_loader"]
 
@@ -82,5 +82,7 @@ def make_loader(breasts: pd.DataFrame, cfg: MammoMambaConfig, train: bool) -> Da
     data = cfg.data
     dataset = DualStreamDataset(breasts, cfg.model.streams, data.image_size, train, data.augment)
     size = data.batch_size if train else data.eval_batch_size or data.batch_size
+    if train:
+        dataset = SeededItems(dataset, cfg.train.seed)
     drop_last = train and len(dataset) > size  # a last batch of one breaks BatchNorm
     return DataLoader(dataset, batch_size=size, shuffle=train, drop_last=drop_last, num_workers=data.num_workers)

@@ -1,22 +1,34 @@
 """The fine-tuned breast classifier: an image backbone per view, views pooled per breast, a linear head; saved as a
-self-contained folder (:func:`save_finetuned`) and read back by :func:`load_finetuned`."""
+self-contained bundle (:func:`save_finetuned`, kind ``finetune``) read back by :func:`load_finetuned` or
+``mvmlm.load_model``."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from downstream.common.config import EncoderConfig
 from downstream.common.embed import Backbone, build_backbone, pool_views
 from downstream.common.tasks import Task
 from downstream.finetune.config import FinetunedModelConfig
-from mvmlm.checkpoint import CONFIG_NAME, load_checkpoint_config, load_weights, save_checkpoint
+from mvmlm.bundle import Bundle, ModelCardInfo, bundle_config
+from mvmlm.checkpoint import CONFIG_NAME, atomic_path, load_checkpoint_config, load_weights, save_checkpoint
+from mvmlm.config import config_to_dict
 
-__all__ = ["ENCODER_DIR", "BreastClassifier", "class_weights", "save_finetuned", "load_finetuned"]
+__all__ = [
+    "ENCODER_DIR",
+    "BreastClassifier",
+    "FinetunedBundle",
+    "class_weights",
+    "finetune_card",
+    "save_finetuned",
+    "load_finetuned",
+]
 
 ENCODER_DIR = "encoder"  # a saved model's copy of its MV-MLM pretraining config
 
@@ -47,15 +59,65 @@ def class_weights(labels: np.ndarray, num_classes: int) -> Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def save_finetuned(directory: Path, model: BreastClassifier, encoder: EncoderConfig, task: Task, pool: str) -> Path:
-    """Write ``model`` to ``directory`` so that :func:`load_finetuned` rebuilds it without the pretraining files."""
+class FinetunedBundle(Bundle):
+    """A fine-tuned breast classifier as a bundle: CC + MLO of a breast -> class probabilities of its task."""
+
+    kind = "finetune"
+    level = "breast"
+
+    def write_files(self, directory: Path) -> None:
+        if self.config.get("encoder_config") is not None:
+            with atomic_path(directory / ENCODER_DIR / CONFIG_NAME) as tmp:
+                tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(self.config["encoder_config"])))
+        save_checkpoint(directory, self.module.state_dict(), OmegaConf.create(self.config["model"]))
+
+    @classmethod
+    def read_module(cls, directory: Path, config: dict) -> BreastClassifier:
+        return load_finetuned(directory)[0]
+
+    def predict_views(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        (task,) = self.heads
+        return {task: self.module(images, mask).float().softmax(dim=-1)}
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        return self.module.backbone(images)
+
+
+def finetune_card(run_dir: Path, task: Task, counts: dict[str, int], best: dict[str, Any]) -> ModelCardInfo:
+    """The card facts of a fine-tuned unit: breasts per split and its selected validation score (saved before the
+    test split is read, so no test metric)."""
+    score = best.get("score")
+    return ModelCardInfo.from_run(
+        run_dir,
+        title=f"mvmlm fine-tuned breast classifier: {task.name}",
+        predicts=f"From the CC and MLO views of a breast, the probability of each class of {task.name!r}.",
+        counts=counts,
+        metrics={} if score is None else {f"{best['metric']} (best epoch {best['epoch']})": f"{score:.3f}"},
+    )
+
+
+def save_finetuned(
+    directory: Path,
+    model: BreastClassifier,
+    encoder: EncoderConfig,
+    task: Task,
+    pool: str,
+    preprocessing: dict[str, Any],
+    card: ModelCardInfo | None = None,
+) -> Path:
+    """Write ``model`` to ``directory`` as a bundle that :func:`load_finetuned` and ``mvmlm.load_model`` rebuild
+    without the pretraining files (an MV-MLM tower's architecture is copied to ``encoder/config.yaml``)."""
     stored = EncoderConfig(**{**vars(encoder), "init": "random"})  # the architecture; the weights are in the file
+    encoder_config = None
     if encoder.source == "mvclip":
-        (directory / ENCODER_DIR).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(encoder.checkpoint) / CONFIG_NAME, directory / ENCODER_DIR / CONFIG_NAME)
+        encoder_config = OmegaConf.to_container(OmegaConf.load(Path(encoder.checkpoint) / CONFIG_NAME))
         stored.checkpoint = ENCODER_DIR
     config = FinetunedModelConfig(stored, task.name, list(task.class_names), pool)
-    return save_checkpoint(directory, model.state_dict(), config)
+    heads = {task.name: list(task.class_names)}
+    extra = {"encoder_config": encoder_config}
+    bundle = FinetunedBundle(model, bundle_config(config_to_dict(config), heads, preprocessing, card, **extra))
+    bundle.save_pretrained(directory)
+    return directory
 
 
 def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastClassifier, FinetunedModelConfig]:

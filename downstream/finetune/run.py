@@ -44,10 +44,17 @@ from downstream.common.embed import POOLS, build_backbone, encoder_fingerprint
 from downstream.common.tasks import Task, get_tasks, load_breasts, sample_fraction
 from downstream.finetune import COMMAND
 from downstream.finetune.config import SELECT_METRICS, FinetuneConfig
-from downstream.finetune.model import BreastClassifier, class_weights, load_finetuned, save_finetuned
+from downstream.finetune.model import (
+    BreastClassifier,
+    class_weights,
+    finetune_card,
+    load_finetuned,
+    save_finetuned,
+)
+from mvmlm.bundle import preprocessing_of
 from mvmlm.config import AugmentConfig, ConfigError, DataConfig, config_to_dict
 from mvmlm.data.exams import BreastDataset
-from mvmlm.data.transforms import build_transform
+from mvmlm.data.transforms import SeededItems, build_transform
 from mvmlm.evaluation import METRICS, Evaluation, pivot_markdown, predict_classes, report, slug, validation_score
 from mvmlm.rundir import RunDir
 from mvmlm.sweep import FinishedRuns, claim_unit, file_digest
@@ -157,7 +164,8 @@ def finetune_one(
     model = BreastClassifier(build_backbone(encoder), task.num_classes, cfg.pool)  # after the engine seeded the head
     train_rows, train_labels = splits["train"]
     augment = cfg.data.augment if cfg.data.augment.enabled else None
-    train_loader = _loader(_TaskBreasts(train_rows, train_labels, "train", augment), cfg.data, train=True)
+    train_set = SeededItems(_TaskBreasts(train_rows, train_labels, "train", augment), seed)
+    train_loader = _loader(train_set, cfg.data, train=True)
     val_rows, val_labels = splits["val"]
     val_loader = engine.prepare(_loader(_TaskBreasts(val_rows, val_labels, "val"), cfg.data, train=False))
     fit = engine.fit(
@@ -168,7 +176,8 @@ def finetune_one(
         discard_checkpoints=True,
     )
     if save_to is not None and engine.is_main_process:
-        save_finetuned(save_to, model, encoder, task, cfg.pool)
+        card = finetune_card(workdir.parents[1], task, {k: len(v[1]) for k, v in splits.items()}, fit.best)
+        save_finetuned(save_to, model, encoder, task, cfg.pool, preprocessing_of(cfg.data.table), card)
     test_loader = engine.prepare(_loader(_TaskBreasts(*splits["test"], "test"), cfg.data, train=False))
     test_scores = predict(engine.accelerator, model, test_loader)
     engine.end()

@@ -25,7 +25,7 @@ from downstream.multiview.model import SIDES
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import ExamDataset, build_exams
 from mvmlm.data.preprocess import read_cached_table
-from mvmlm.data.transforms import build_transform
+from mvmlm.data.transforms import SeededItems, build_transform
 from mvmlm.registry import Registry
 
 __all__ = [
@@ -128,34 +128,17 @@ class InputTransform:
 
 
 class MultiviewDataset(Dataset):
-    """Items ``{"images": (4, 1, H, W), "mask": (4,) bool, "targets": {task: (2,) long}, "index": int}``.
+    """Items ``{"images": (4, 1, H, W), "mask": (4,) bool, "targets": {task: (2,) long}, "index": int}``."""
 
-    With a ``seed``, an item's random augmentation is a function of (seed, epoch, index) alone, drawn without
-    touching torch's global generator: a resumed run redraws exactly what the interrupted one drew (a loader
-    prefetches the next batch, so the global generator state saved with a checkpoint is already past its draws).
-    """
-
-    def __init__(
-        self, exams: pd.DataFrame, targets: dict[str, np.ndarray], transform: InputTransform, seed: int | None = None
-    ) -> None:
+    def __init__(self, exams: pd.DataFrame, targets: dict[str, np.ndarray], transform: InputTransform) -> None:
         self.exams = ExamDataset(exams, labels=(), transform=transform)
         self.targets = {t: torch.as_tensor(v, dtype=torch.long) for t, v in targets.items()}
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the engine before each training epoch."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.exams)
 
     def __getitem__(self, index: int) -> dict:
-        if self.seed is None:
-            item = self.exams[index]
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
-                item = self.exams[index]
+        item = self.exams[index]
         targets = {t: v[index] for t, v in self.targets.items()}
         return {"images": item["images"], "mask": item["mask"], "targets": targets, "index": index}
 
@@ -214,7 +197,9 @@ def make_loader(split: ExamSplit, data: MultiviewData, *, train: bool, seed: int
     """A loader over ``split``: shuffled and augmented for training, in order otherwise."""
     augment = build_transform(train, data.augment)
     transform = InputTransform(data.image_size, augment)
-    dataset = MultiviewDataset(split.exams, split.targets, transform, seed=seed if train else None)
+    dataset = MultiviewDataset(split.exams, split.targets, transform)
+    if train:
+        dataset = SeededItems(dataset, seed)
     batch_size = data.batch_size if train else data.eval_batch_size or data.batch_size
     return DataLoader(
         dataset,

@@ -7,7 +7,8 @@ clipping, mixed precision, checkpoints, resume, logs) is :class:`mvmlm.training.
 
 A run directory holds ``config.yaml``, ``provenance.json``, ``log.txt``, ``train_log.jsonl`` (one line per optimizer
 step), ``val_log.jsonl`` (one line per validation), ``checkpoints/step_*`` (training state for ``train.resume``),
-``best/`` (``model.safetensors`` + ``config.yaml``, read by :func:`load_classifier`), ``metrics.json``, and per
+``best/`` (a bundle: ``model.safetensors`` + ``config.yaml``, read by :func:`load_classifier`, with ``config.json``,
+``manifest.json`` and a model card, read by ``mvmlm.load_model``), ``metrics.json``, and per
 evaluated split ``predictions_<split>.csv`` (scores and attention per exam) and ``plots/``.
 """
 
@@ -20,10 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from downstream.multiview.config import SELECT, MultiviewConfig
-from downstream.multiview.data import ExamSplit, class_names, class_weights, load_splits, make_loader, num_classes
+from downstream.multiview.data import (
+    ExamSplit,
+    InputTransform,
+    class_names,
+    class_weights,
+    load_splits,
+    make_loader,
+    num_classes,
+)
 from downstream.multiview.eval import (
     attention_summary,
     headline,
@@ -36,12 +46,14 @@ from downstream.multiview.eval import (
 )
 from downstream.multiview.model import VIEWS, MultiViewClassifier
 from mvmlm import checkpoint
+from mvmlm.bundle import Bundle, ModelCardInfo, bundle_config, format_ci, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict, config_to_yaml
 from mvmlm.data.ids import patient_keys
+from mvmlm.data.transforms import build_transform
 from mvmlm.rundir import RunDir
 from mvmlm.training import BEST_DIR, CHECKPOINTS_DIR, Engine, FitResult, Loss, resolve_resume
 
-__all__ = ["MultiTaskLoss", "train", "evaluate_split", "summary_lines", "load_classifier"]
+__all__ = ["MultiTaskLoss", "MultiviewBundle", "train", "evaluate_split", "summary_lines", "load_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +163,46 @@ def _evaluate_splits(
     return evaluated
 
 
+class MultiviewBundle(Bundle):
+    """The four-view classifier as a bundle: an exam's L-CC, L-MLO, R-CC, R-MLO -> per side class probabilities
+    of each task, and the view attention."""
+
+    kind = "multiview"
+    level = "exam"
+
+    def write_files(self, directory: Path) -> None:
+        checkpoint.save_checkpoint(directory, self.module.state_dict(), OmegaConf.create(self.config["model"]))
+
+    @classmethod
+    def read_module(cls, directory: Path, config: dict) -> MultiViewClassifier:
+        return load_classifier(directory)[0]
+
+    def input_transform(self, image: Tensor) -> Tensor:
+        return InputTransform(self.config["model"]["data"]["image_size"], build_transform(False))(image)
+
+    def predict_views(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        out = self.module(images, mask)
+        return {**{task: logits.float().softmax(dim=-1) for task, logits in out["logits"].items()}, **out}
+
+
+def save_bundle(cfg: MultiviewConfig, model: nn.Module, run: RunDir, splits: dict, evaluated: dict) -> None:
+    """``best/`` as a bundle whose card holds the exams per split and the pooled AUCs (with CIs) of each split."""
+    metrics = {
+        f"{split} {task} AUC": format_ci(v["pooled"]["auc"], v["pooled"].get("auc_low"), v["pooled"].get("auc_high"))
+        for split, values in evaluated.items()
+        for task, v in values["tasks"].items()
+    }
+    card = ModelCardInfo.from_run(
+        run.path,
+        title=f"mvmlm four-view classifier ({cfg.model.backbone}, {cfg.task.setting})",
+        predicts="From an exam's four views, per breast (L, R) the probabilities of " + ", ".join(cfg.task.tasks) + ".",
+        counts={name: len(split.exams) for name, split in splits.items()},
+        metrics=metrics,
+    )
+    config = bundle_config(config_to_dict(cfg), class_names(cfg.task), preprocessing_of(cfg.data.table), card)
+    MultiviewBundle(model, config).save_pretrained(run.file(BEST_DIR))
+
+
 def train(cfg: MultiviewConfig) -> dict[str, Any]:
     """Train and evaluate one configuration in the run directory ``cfg.out``; returns what metrics.json holds."""
     _check(cfg)
@@ -184,6 +236,7 @@ def train(cfg: MultiviewConfig) -> dict[str, Any]:
         results["summary_lines"] = summary_lines(results, shown) if shown else []
         if engine.is_main_process:
             run.write_metrics(results)
+            save_bundle(cfg, engine.unwrap(model), run, splits, evaluated)
     finally:
         engine.end()
     return results

@@ -10,6 +10,7 @@ decoders. The VOI is either an affine map done in float32 or, for curves, a tabl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import UID
 
 __all__ = ["VIEW_CODES", "DicomReadError", "MammogramMeta", "read_dicom_header", "read_mammogram"]
@@ -42,6 +45,14 @@ DECODER_PACKAGES: dict[str, str] = {
     **dict.fromkeys(["1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"], _JPEG),
     **dict.fromkeys(["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"], "pyjpegls"),
 }
+#: Digital Mammography X-Ray Image Storage, For Presentation / For Processing
+MAMMOGRAPHY_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1")
+_JPEG_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81)}  # SOF (or JPEG-LS SOF55) header
+_J2K_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 201, 202, 203)}  # SOC + SIZ header
+#: decoder plugin tried alone for a transfer syntax when installed (libjpeg decodes a cut JPEG-LS stream silently)
+_STRICT_PLUGINS = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls"}
+#: pydicom warnings that mean the decoded data is longer than the header's image: a failure, not a warning
+_OVERLONG_WARNINGS = r".*(non-conformant padding|excess padding)"
 _WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 _LOOKUP_BLOCK = 1 << 18  # pixels per np.take call in a table lookup (see _lookup)
@@ -72,15 +83,19 @@ class MammogramMeta:
     presentation_intent: str | None  # PresentationIntentType
 
 
-def read_mammogram(path: str | Path) -> tuple[np.ndarray, MammogramMeta]:
+def read_mammogram(path: str | Path, *, for_processing: bool = False) -> tuple[np.ndarray, MammogramMeta]:
     """Read a FOR PRESENTATION mammogram as float32 ``(rows, cols)`` in [0, 1], bright = dense, chest wall left.
+
+    Args:
+        for_processing: also accept FOR PROCESSING (raw detector) images.
 
     Raises:
         DicomReadError: naming the file and the reason (not DICOM, truncated, no pixel data, missing decoder
-            plugin, FOR PROCESSING image, not a single-frame grayscale image, undecodable pixel data).
+            plugin, not a mammogram (Modality / SOP class), FOR PROCESSING image, not a single-frame grayscale
+            image, a bitstream that disagrees with the header, undecodable pixel data).
     """
     ds = _dcmread(path)
-    _check_for_presentation(ds, path)
+    _check_mammogram(ds, path, for_processing)
     stored = _stored_pixels(ds, path)
     kind = _voi_kind(ds)
     display = _display_map(ds, kind, stored)
@@ -105,11 +120,19 @@ def _dcmread(path: str | Path, **kwargs) -> Dataset:
         raise DicomReadError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
 
 
-def _check_for_presentation(ds: Dataset, path: str | Path) -> None:
-    intent = str(ds.get("PresentationIntentType", "")).upper()
-    if intent == "FOR PROCESSING" or "For Processing" in UID(str(ds.get("SOPClassUID", ""))).name:
+def _check_mammogram(ds: Dataset, path: str | Path, for_processing: bool) -> None:
+    """Only mammograms (Modality MG or a mammography SOP class), FOR PRESENTATION unless ``for_processing``."""
+    modality, sop_class = str(ds.get("Modality", "") or ""), UID(str(ds.get("SOPClassUID", "") or ""))
+    if modality.upper() != "MG" and sop_class not in MAMMOGRAPHY_SOP_CLASSES:
         raise DicomReadError(
-            f"{path}: a FOR PROCESSING (raw detector) image; only FOR PRESENTATION mammograms can be read"
+            f"{path}: not a mammogram (Modality {modality or 'missing'!r}, SOP class {sop_class.name or 'missing'}); "
+            "only MG images are read"
+        )
+    intent = str(ds.get("PresentationIntentType", "")).upper()
+    if not for_processing and (intent == "FOR PROCESSING" or "For Processing" in sop_class.name):
+        raise DicomReadError(
+            f"{path}: a FOR PROCESSING (raw detector) image; only FOR PRESENTATION mammograms are read unless "
+            "for_processing=true"
         )
 
 
@@ -133,11 +156,17 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
     unsigned = ds.get("PixelRepresentation", 0) == 0
     if tsyntax.is_little_endian and not tsyntax.is_encapsulated and unsigned and bits_allocated in (8, 16):
         dtype, buffer = np.dtype(f"<u{bits_allocated // 8}"), ds.PixelData
-        if len(buffer) < rows * cols * dtype.itemsize:
+        expected = rows * cols * dtype.itemsize
+        if len(buffer) < expected:
+            raise DicomReadError(f"{path}: truncated pixel data ({len(buffer)} bytes, expected {expected})")
+        if len(buffer) > expected + expected % 2:
             raise DicomReadError(
-                f"{path}: truncated pixel data ({len(buffer)} bytes, expected {rows * cols * dtype.itemsize})"
+                f"{path}: {len(buffer)} bytes of pixel data, but the header's {rows} x {cols} pixels at "
+                f"{bits_allocated} bits take {expected}; damaged file or wrong Rows / Columns"
             )
         return np.frombuffer(buffer, dtype, count=rows * cols).reshape(rows, cols)
+    if tsyntax.is_encapsulated:
+        _check_bitstream(ds, tsyntax, path, rows, cols, bits_allocated)
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as e:
@@ -147,10 +176,49 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
         raise DicomReadError(
             f"{path}: {tsyntax.name} ({tsyntax}) pixel data but no decoder is installed; pip install {package}"
         )
+    plugin = _STRICT_PLUGINS.get(str(tsyntax), "")
     try:
-        return pixel_array(ds)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_OVERLONG_WARNINGS)
+            stored = pixel_array(ds, decoding_plugin=plugin if plugin in decoder.available_plugins else "")
     except Exception as e:  # decoder plugins raise their own types
         raise DicomReadError(f"{path}: cannot decode {tsyntax.name} pixel data ({type(e).__name__}: {e})") from e
+    if stored.shape != (rows, cols):
+        raise DicomReadError(f"{path}: decoded {stored.shape} pixels, but the header says {rows} x {cols}")
+    return stored
+
+
+def _bitstream_header(frame: bytes, tsyntax: UID) -> tuple[int, int, int, int] | None:
+    """(rows, cols, components, precision) from a JPEG / JPEG-LS SOF or JPEG 2000 SIZ segment; None if unknown."""
+    if tsyntax in _JPEG_SYNTAXES:
+        info = _get_jpg_parameters(frame)
+        return (info["height"], info["width"], info["components"], info["precision"]) if info else None
+    if tsyntax in _J2K_SYNTAXES and frame[:4] == b"\xff\x4f\xff\x51" and len(frame) > 42:
+        x, y, x0, y0 = (int.from_bytes(frame[8 + 4 * i : 12 + 4 * i], "big") for i in range(4))
+        return y - y0, x - x0, int.from_bytes(frame[40:42], "big"), (frame[42] & 0x7F) + 1
+    return None
+
+
+def _check_bitstream(ds: Dataset, tsyntax: UID, path: str | Path, rows: int, cols: int, bits: int) -> None:
+    """Refuse a compressed frame whose own header disagrees with the DICOM header, or that lacks its end marker
+    (a cut stream); some decoders abort the process or decode such data silently into a wrong image."""
+    if tsyntax not in _JPEG_SYNTAXES and tsyntax not in _J2K_SYNTAXES:
+        return
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception as e:  # noqa: BLE001 - malformed encapsulation
+        raise DicomReadError(f"{path}: malformed encapsulated pixel data ({type(e).__name__}: {e})") from e
+    header = _bitstream_header(frame, tsyntax)
+    if header is None:
+        raise DicomReadError(f"{path}: the {tsyntax.name} bitstream has no readable image header; damaged file")
+    stream_rows, stream_cols, components, precision = header
+    if stream_rows not in (0, rows) or stream_cols != cols or components != 1 or precision > bits:
+        raise DicomReadError(
+            f"{path}: the header says {rows} x {cols} pixels, 1 sample, {bits} bits allocated, but the {tsyntax.name} "
+            f"bitstream holds {stream_rows} x {stream_cols}, {components} sample(s), {precision} bits; damaged file"
+        )
+    if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise DicomReadError(f"{path}: the {tsyntax.name} bitstream has no end marker (cut short); damaged file")
 
 
 def _first_number(value: object) -> float | None:

@@ -7,10 +7,17 @@ chest wall on the left), cropped to the bounding box of its largest component br
 (the breast; labels and markers are smaller components), resized keeping its aspect ratio into
 ``height x width`` with zero padding on the right and bottom, and cached once.
 
-Cache layout: ``<out>/<height>x<width>-<hash of the parameters>/`` holds ``images/<dataset>/<patient>/<image>.npy``,
-``table.parquet`` (the input rows that were cached, with ``cache_path`` relative to that folder), ``failures.csv``
-(image_id, path, error), the run's config, provenance, log and metrics. Changing a parameter changes the hash, so
-a new folder is used and old caches stay valid.
+Cache layout: ``<out>/<height>x<width>-<hash of the parameters>-<hash of the table's content>/`` holds
+``images/<dataset>/<patient>/<image>.npy``, ``table.parquet`` (the input rows that were cached, with ``cache_path``
+relative to that folder), ``failures.csv`` (image_id, path, error), the run's config, provenance, log and metrics.
+Changing a parameter or the table changes the folder, so two datasets (or two versions of a table) never share one
+and old caches stay valid.
+
+Only mammograms enter (Modality MG or a mammography SOP class, FOR PRESENTATION unless ``for_processing=true``, one
+frame, pixel data that agrees with the header); every image is decoded in a worker process
+(:mod:`mvmlm.data.workers`), so a decoder that aborts, crashes or hangs (``timeout`` seconds per image) fails that
+image only. A failed image is a row of ``failures.csv`` with the reason; the command exits with code 2 when every
+image, or more than ``max_failures`` of them, failed (:mod:`mvmlm.batch`).
 
 Lesion crops (``roi.enabled=true``, :mod:`mvmlm.data.roi`): the folder also holds ``crops/<dataset>/<patient>/
 <image>.npy`` (the ``roi.size`` square around each image's lesions), ``roi_table.parquet`` (the cached rows with a
@@ -22,7 +29,8 @@ Reading one back is a single buffer read with no decoding (about 1 ms for 1520x9
 decoding a 16-bit PNG; the price is disk space (2.8 MB per image at the default size).
 
 Resumable: an image whose cache file exists is skipped, and every file is written to a temporary name and
-renamed, so a killed run never leaves a partial cache file. Run one ``preprocess`` per cache folder at a time.
+renamed, so a killed run never leaves a partial cache file; the failed images are retried by every rerun. Run one
+``preprocess`` per cache folder at a time.
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ import json
 import logging
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +48,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
+from mvmlm.batch import DEFAULT_MAX_FAILURES, check_max_failures, failure_summary
 from mvmlm.config import MISSING, ConfigError
 from mvmlm.data import dicom, schema
+from mvmlm.data.workers import run_isolated
 from mvmlm.errors import InputError
 from mvmlm.rundir import RunDir
 
@@ -56,6 +64,7 @@ __all__ = [
     "crop_breast",
     "resize_pad",
     "preprocess_image",
+    "table_hash",
     "cache_folder",
     "cache_file",
     "save_cached",
@@ -89,6 +98,7 @@ ROI_MISSING = ("skip", "whole")
 ROI_TABLE_FILE = "roi_table.parquet"
 ROI_FAILURES_FILE = "roi_failures.csv"
 CROPS_DIR = "crops"
+DEFAULT_TIMEOUT = 120.0  # seconds per image before its worker is killed
 _TMP_MARK = ".tmp"
 _BBOX_GRID = 512  # the breast mask is found on a grid of at most this many pixels per side
 
@@ -123,6 +133,7 @@ class PreprocessParams:
     crop: bool = True  # crop to the breast before resizing
     crop_threshold: float = 0.05  # breast = brighter than the background by this share of the intensity range
     roi: RoiParams = field(default_factory=RoiParams)  # lesion crops beside the images (roi.enabled=true)
+    for_processing: bool = False  # also cache FOR PROCESSING (raw detector) images; default FOR PRESENTATION only
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -131,9 +142,16 @@ class PreprocessParams:
             raise ConfigError(f"key 'crop_threshold': must be in [0, 1), got {self.crop_threshold}")
 
     def key(self) -> str:
-        """Cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>`` (the ROI parameters count
-        only when crops are made, so caches without them keep their name)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PreprocessParams) if f.name != "roi"}
+        """Parameter part of the cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>`` (the
+        ROI parameters count only when crops are made, ``for_processing`` only when set, so caches without them keep
+        their name)."""
+        fields = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(PreprocessParams)
+            if f.name not in ("roi", "for_processing")
+        }
+        if self.for_processing:
+            fields["for_processing"] = True
         if self.roi.enabled:
             fields["roi"] = {"version": ROI_VERSION, **dataclasses.asdict(self.roi)}
         blob = json.dumps({"version": CACHE_VERSION, **fields}, sort_keys=True)
@@ -187,9 +205,30 @@ def preprocess_image(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
     return resize_pad(image, params.height, params.width)
 
 
-def cache_folder(cache_dir: str | Path, params: PreprocessParams) -> Path:
-    """The folder of one parameter set inside the cache root ``cache_dir``."""
-    return Path(cache_dir) / params.key()
+def table_hash(table: pd.DataFrame) -> str:
+    """12 hex digits of a hash of a canonical table's content (every column and row, in order)."""
+    text = schema.conform(table).to_json(orient="split", index=False, date_format="iso", default_handler=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def cache_folder(cache_dir: str | Path, params: PreprocessParams, table: pd.DataFrame | None = None) -> Path:
+    """The folder of one parameter set and one table inside the cache root ``cache_dir``.
+
+    Without ``table``: the one folder cached with ``params`` there.
+
+    Raises:
+        NotCachedError: without ``table``, when no folder or several (tables) match ``params``.
+    """
+    if table is not None:
+        return Path(cache_dir) / f"{params.key()}-{table_hash(table)}"
+    found = sorted(Path(cache_dir).glob(f"{params.key()}-*"))
+    if len(found) != 1:
+        what = "no cache folder" if not found else f"{len(found)} cache folders (tables)"
+        raise NotCachedError(
+            f"{cache_dir}: {what} for {params.height}x{params.width} parameters {params.key()}; run `mvmlm preprocess`"
+            + (" or name the table" if found else "")
+        )
+    return found[0]
 
 
 def _safe_name(value: str) -> str:
@@ -226,14 +265,11 @@ def load_cached(path: str | Path) -> np.ndarray:
     return image
 
 
-def _cache_one(source: str, target: str, params: PreprocessParams) -> str | None:
-    """Read, preprocess and cache one image; the error text when it fails (the run goes on)."""
-    try:
-        image, _ = dicom.read_mammogram(source)
-        save_cached(target, preprocess_image(image, params))
-    except Exception as exc:  # noqa: BLE001 - any per-file failure is recorded in failures.csv
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def _cache_one(source: str, target: str, params: PreprocessParams) -> None:
+    """Read, preprocess and cache one image (in a worker process: a failure is recorded and the run goes on)."""
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its per-file ERROR lines would cover the progress bar
+    image, _ = dicom.read_mammogram(source, for_processing=params.for_processing)
+    save_cached(target, preprocess_image(image, params))
 
 
 def _remove_partial_files(folder: Path) -> None:
@@ -244,25 +280,6 @@ def _remove_partial_files(folder: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _run(tasks: list[tuple[int, str, str]], params: PreprocessParams, workers: int, progress: bool) -> dict[int, str]:
-    """Cache ``(row, source, target)`` tasks with ``workers`` processes; row -> error text for failures."""
-    errors: dict[int, str] = {}
-    with tqdm(total=len(tasks), desc="preprocess", unit="img", disable=not progress) as bar:
-        if workers <= 1:
-            for row, source, target in tasks:
-                if (error := _cache_one(source, target, params)) is not None:
-                    errors[row] = error
-                bar.update()
-            return errors
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_cache_one, source, target, params): row for row, source, target in tasks}
-            for future in as_completed(futures):
-                if (error := future.result()) is not None:
-                    errors[futures[future]] = error
-                bar.update()
-    return errors
-
-
 def preprocess_table(
     table: pd.DataFrame,
     root: str | Path,
@@ -270,31 +287,35 @@ def preprocess_table(
     params: PreprocessParams | None = None,
     *,
     workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Cache every image of a canonical ``table`` (paths relative to ``root``) under ``cache_dir``.
 
-    Images already cached with the same parameters are skipped. Per-image failures are written to
-    ``failures.csv`` in the cache folder and the rest go on. The cached rows, with a ``cache_path`` column
-    (relative to the cache folder), are written to ``table.parquet`` there. With ``params.roi.enabled`` the lesion
-    crops of the cached rows follow (:func:`mvmlm.data.roi.cache_crops`).
+    Images already cached with the same parameters and table are skipped. Each image is decoded in one of
+    ``workers`` worker processes; per-image failures (unreadable, not a mammogram, decoder crashed, longer than
+    ``timeout`` seconds) are written to ``failures.csv`` in the cache folder and the rest go on. The cached rows,
+    with a ``cache_path`` column (relative to the cache folder), are written to ``table.parquet`` there. With
+    ``params.roi.enabled`` the lesion crops of the cached rows follow (:func:`mvmlm.data.roi.cache_crops`).
 
     Returns:
         The rows that are cached, with ``cache_path`` as an absolute path.
     """
     params = params or PreprocessParams()
-    folder = cache_folder(cache_dir, params).resolve()
+    table = schema.check(schema.conform(table), "table to preprocess")
+    folder = cache_folder(cache_dir, params, table).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     _remove_partial_files(folder)
-    table = schema.check(schema.conform(table), "table to preprocess")
     ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
     relative = [str(cache_file(dataset, patient, image)) for dataset, patient, image in ids]
     todo = [
-        (row, str(Path(root) / path), str(folder / rel))
+        (row, (str(Path(root) / path), str(folder / rel), params))
         for row, (path, rel) in enumerate(zip(table["path"], relative, strict=True))
         if not (folder / rel).is_file()
     ]
-    errors = _run(todo, params, workers, progress)
+    errors = run_isolated(
+        _cache_one, todo, workers=workers, timeout=timeout, name="decoder", desc="preprocess", progress=progress
+    )
     failed = sorted(errors)
     failures = table.loc[failed, ["image_id", "path"]].assign(error=[errors[row] for row in failed])
     failures.to_csv(folder / FAILURES_FILE, index=False)
@@ -328,19 +349,37 @@ def read_cached_table(path: str | Path) -> pd.DataFrame:
 class PreprocessConfig(PreprocessParams):
     table: str = MISSING  # canonical table (parquet) from `mvmlm tables`
     root: str = MISSING  # dataset root; the table's paths are relative to it
-    out: str = MISSING  # cache root; one sub-folder per parameter set
-    workers: int = 1  # worker processes (1 = in this process)
+    out: str = MISSING  # cache root; one sub-folder per parameter set and table
+    workers: int = 1  # worker processes decoding images (a crashing decoder kills only its worker)
+    timeout: float = DEFAULT_TIMEOUT  # seconds per image before its worker is killed and the image failed
+    max_failures: float = DEFAULT_MAX_FAILURES  # exit code 2 when more than this fraction of the images failed
+    progress: bool = True  # progress bar
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_max_failures(self.max_failures)
+        if self.timeout <= 0 or self.workers < 1:
+            raise ConfigError(f"keys 'timeout', 'workers': must be positive, got {self.timeout}, {self.workers}")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``mvmlm preprocess``: crop, resize and cache every image of a canonical table."""
+    """``mvmlm preprocess``: crop, resize and cache every image of a canonical table.
+
+    Raises:
+        TooManyFailuresError: every image, or more than ``max_failures`` of them, failed (the cache, its table and
+            failures.csv are written first).
+    """
     from mvmlm.commands import PREPROCESS
 
     cfg = PREPROCESS.parse(argv)
     params = PreprocessParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PreprocessParams)})
-    run = RunDir.create(cache_folder(cfg.out, params), cfg)
-    table = schema.read_table(cfg.table)
-    cached = preprocess_table(table, cfg.root, cfg.out, params, workers=cfg.workers)
+    table = schema.check(schema.conform(schema.read_table(cfg.table)), cfg.table)
+    if not Path(cfg.root).is_dir():
+        raise FileNotFoundError(f"key 'root': dataset root not found: {cfg.root}")
+    run = RunDir.create(cache_folder(cfg.out, params, table), cfg)  # created only once the input is known good
+    cached = preprocess_table(
+        table, cfg.root, cfg.out, params, workers=cfg.workers, timeout=cfg.timeout, progress=cfg.progress
+    )
     metrics = {
         "images": len(table),
         "cached": len(cached),
@@ -352,4 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics["crops"] = len(schema.read_table(run.file(ROI_TABLE_FILE)))
         metrics["crop_table"] = str(run.file(ROI_TABLE_FILE))
     run.write_metrics(metrics)
+    done = failure_summary(
+        len(cached), len(table) - len(cached), cfg.max_failures, what="images", where=str(run.file(FAILURES_FILE))
+    )
+    log.info("preprocess %s: %s", run.path, done)
     return metrics

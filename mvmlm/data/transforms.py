@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from mvmlm.config import AugmentConfig
 
-__all__ = ["AugmentConfig", "RandomAffine", "build_transform"]
+__all__ = ["AugmentConfig", "RandomAffine", "build_transform", "derive_seed", "SeededItems"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,3 +74,31 @@ def build_transform(
 ) -> Transform:
     """The training augmentation (when ``cfg.enabled``), or the identity for evaluation."""
     return RandomAffine(cfg, generator) if train and (cfg is None or cfg.enabled) else _identity
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (independent streams for different ``(seed, epoch, index)``)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class SeededItems(Dataset):
+    """A training set whose items draw their randomness (augmentation) from ``(seed, epoch, index)`` alone.
+
+    Each item is made under a forked torch generator seeded by :func:`derive_seed`, so a resumed run redraws exactly
+    what the interrupted one drew: the generator state saved with a checkpoint is already past the draws of the
+    batch the loader prefetched, and worker processes draw in any order. The engine calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
+            return self.dataset[index]

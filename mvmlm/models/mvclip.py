@@ -9,6 +9,9 @@ it, only its name and revision. The config dataclasses live in the torch-free :m
     model = MVCLIP(MVCLIPConfig())
     model.save("runs/pretrain/final")
     tower = load_image_tower("runs/pretrain/final")     # downstream: images -> embeddings (and tokens)
+
+A pretraining run saves its model as a bundle (:class:`MVCLIPBundle`, kind ``mvclip``): the checkpoint above plus
+``config.json``, ``manifest.json`` and a model card, loadable with ``mvmlm.load_model`` (which embeds images).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvmlm.bundle import Bundle
 from mvmlm.checkpoint import load_checkpoint_config, load_weights, save_checkpoint
 from mvmlm.models.configs import ImageTowerConfig, MVCLIPConfig, TextTowerConfig, TokenConfig
 from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder
@@ -36,6 +40,7 @@ __all__ = [
     "ImageTower",
     "MVCLIP",
     "load_image_tower",
+    "MVCLIPBundle",
 ]
 
 
@@ -182,3 +187,20 @@ def load_image_tower(directory: str | Path, device: str = "cpu") -> ImageTower:
     }
     tower.load_state_dict(weights)
     return tower.to(device)
+
+
+class MVCLIPBundle(Bundle):
+    """A pretrained MV-CLIP as a bundle: its image tower embeds breasts' views (``mvmlm embed``)."""
+
+    kind = "mvclip"
+    level = "breast"
+
+    def write_files(self, directory: Path) -> None:
+        self.module.save(directory, metadata={"step": str(self.config.get("step", ""))})
+
+    @classmethod
+    def read_module(cls, directory: Path, config: dict) -> MVCLIP:
+        return MVCLIP.load(directory).eval()
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        return self.module.encode_image(images)

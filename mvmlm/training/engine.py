@@ -80,7 +80,7 @@ class FitResult:
     epochs: int  # epochs completed
     steps_per_epoch: int
     resumed_from_step: int
-    losses: list[float]  # per optimizer step of this invocation
+    losses: list[float]  # per optimizer step of the whole run (earlier invocations' from train_log.jsonl)
     history: list[dict[str, Any]]  # one record per evaluation (all invocations)
     best: dict[str, Any]  # metric, score, epoch, step (None where nothing was selected)
     stopped_early: bool
@@ -258,10 +258,12 @@ class Engine:
         if self.is_main_process:
             self.workdir.mkdir(parents=True, exist_ok=True)
             _truncate_log(self.file(TRAIN_LOG), state.step)
+        acc.wait_for_everyone()
         loop = _Loop(
             self, model, optimizer, scheduler, state, best, loss, backward, evaluate, select, mode, after_step, plateau
         )
         resumed_from = state.step
+        loop.losses = _logged_losses(self.file(TRAIN_LOG)) if resumed_from else []  # the whole run's, not this call's
         loop.run(train_loader, steps_per_epoch, total)
         acc.wait_for_everyone()
         best_file = self.file(f"{BEST_DIR}/{WEIGHTS_NAME}")
@@ -471,6 +473,13 @@ class _Loop:
             with atomic_path(engine.file(f"{BEST_DIR}/{WEIGHTS_NAME}")) as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
         self.acc.wait_for_everyone()
+
+
+def _logged_losses(path: Path) -> list[float]:
+    """The per-step losses recorded in ``train_log.jsonl`` (empty where this process cannot see it)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines() if line]
 
 
 def _truncate_log(path: Path, step: int) -> None:

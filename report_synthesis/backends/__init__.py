@@ -69,6 +69,7 @@ class VllmOptions:
     dtype: str = "auto"
     trust_remote_code: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    structured: bool = False  # JSON {report, stated_facts} under a schema (StructuredOutputsParams); see structured.py
 
 
 @dataclass
@@ -80,6 +81,7 @@ class OpenAIOptions:
     max_retries: int = 5  # on 429, 5xx, timeouts and connection errors
     backoff_s: float = 1.0  # first retry delay; doubles per retry (with jitter)
     max_backoff_s: float = 60.0
+    structured: bool = False  # JSON {report, stated_facts} via response_format json_schema; see structured.py
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Generation:
     text: str = ""
     finish_reason: str | None = None  # "stop" | "length" | None (unknown)
     error: str | None = None
+    stated_facts: dict | None = None  # what a structured answer says its report states (checked like the text)
 
 
 class Backend(Protocol):

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mvmlm.config import ConfigError
+from report_synthesis import structured
 from report_synthesis.backends import BackendConfig, Generation, Request, register_backend, require_model
 
 __all__ = ["OpenAIBackend"]
@@ -82,7 +83,7 @@ class OpenAIBackend:
         sampling = self.cfg.sampling
         body = {
             "model": self.model,
-            "messages": request.messages,
+            "messages": structured.with_instruction(request.messages) if self.opts.structured else request.messages,
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -91,6 +92,9 @@ class OpenAIBackend:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if self.opts.structured:
+            schema = {"name": "mammography_report", "schema": structured.SCHEMA, "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
@@ -104,7 +108,10 @@ class OpenAIBackend:
         http_request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
         try:
             with urllib.request.urlopen(http_request, timeout=self.opts.timeout_s) as response:
-                return parse_completion(request.id, response.read())
+                generation = parse_completion(request.id, response.read())
+            if self.opts.structured and not generation.error:
+                return structured.parse(request.id, generation.text, generation.finish_reason)
+            return generation
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:200].decode("utf-8", "replace")
             if exc.code == 429 or exc.code >= 500:

@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Sequence
 from types import ModuleType
 
+from report_synthesis import structured
 from report_synthesis.backends import (
     BackendConfig,
     BackendUnavailable,
@@ -52,9 +53,10 @@ def llm_kwargs(cfg: BackendConfig) -> dict:
     }
 
 
-def sampling_kwargs(sampling: SamplingConfig, seed: int) -> dict:
-    """Keyword arguments of ``vllm.SamplingParams(...)`` for one request (``seed`` is per request)."""
-    return {
+def sampling_kwargs(sampling: SamplingConfig, seed: int, structured_output: bool = False) -> dict:
+    """Keyword arguments of ``vllm.SamplingParams(...)`` for one request (``seed`` is per request); with
+    ``structured_output``, ``structured_outputs`` holds the ``StructuredOutputsParams`` arguments."""
+    kwargs = {
         "n": 1,
         "max_tokens": sampling.max_tokens,
         "temperature": sampling.temperature,
@@ -62,6 +64,9 @@ def sampling_kwargs(sampling: SamplingConfig, seed: int) -> dict:
         "stop": list(sampling.stop) or None,
         "seed": seed,
     }
+    if structured_output:
+        kwargs["structured_outputs"] = {"json": structured.SCHEMA}
+    return kwargs
 
 
 @register_backend("vllm")
@@ -74,19 +79,29 @@ class VllmBackend:
         self.cfg = cfg
         vllm = import_vllm()
         self._sampling_params = vllm.SamplingParams
+        if cfg.vllm.structured:
+            self._structured_params = importlib.import_module("vllm.sampling_params").StructuredOutputsParams
         self._llm = vllm.LLM(**llm_kwargs(cfg))
+
+    def _params(self, seed: int):
+        kwargs = sampling_kwargs(self.cfg.sampling, seed, self.cfg.vllm.structured)
+        if "structured_outputs" in kwargs:
+            kwargs["structured_outputs"] = self._structured_params(**kwargs["structured_outputs"])
+        return self._sampling_params(**kwargs)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         if not requests:
             return []
-        params = [self._sampling_params(**sampling_kwargs(self.cfg.sampling, r.seed)) for r in requests]
+        params = [self._params(r.seed) for r in requests]
+        structured_output = self.cfg.vllm.structured
         outputs = self._llm.chat(
-            [r.messages for r in requests],
+            [structured.with_instruction(r.messages) if structured_output else r.messages for r in requests],
             params,
             use_tqdm=False,
             chat_template_kwargs=dict(self.cfg.vllm.chat_template_kwargs) or None,
         )
+        wrap = structured.parse if structured_output else Generation
         return [
-            Generation(r.id, out.outputs[0].text, out.outputs[0].finish_reason)
+            wrap(r.id, out.outputs[0].text, out.outputs[0].finish_reason)
             for r, out in zip(requests, outputs, strict=True)
         ]

@@ -287,8 +287,75 @@ def test_corrupt_compressed_stream_is_an_error(tmp_path):
     ds = pydicom.dcmread(write(tmp_path, "ok.dcm", transfer_syntax=JPEG2000Lossless))
     ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
     ds.save_as(tmp_path / "corrupt.dcm")
-    with pytest.raises(DicomReadError, match=r"corrupt\.dcm: cannot decode"):
+    with pytest.raises(DicomReadError, match=r"corrupt\.dcm: the JPEG 2000 .* bitstream has no readable image header"):
         read_mammogram(tmp_path / "corrupt.dcm")
+
+
+COMPRESSED = [JPEG2000Lossless, JPEGLSLossless, RLELossless, JPEGLosslessSV1]
+
+
+def _compressed(tmp_path, tsyntax, name: str = "ok.dcm") -> pydicom.Dataset:
+    if tsyntax == JPEGLosslessSV1:
+        pytest.importorskip("gdcm", reason="python-gdcm writes JPEG Lossless SV1")
+    return pydicom.dcmread(write(tmp_path, name, transfer_syntax=tsyntax))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("tsyntax", COMPRESSED)
+@pytest.mark.parametrize(
+    "change", [{"Rows": ROWS * 2}, {"Rows": ROWS // 2}, {"Columns": COLS + 8}, {"BitsAllocated": 8}]
+)
+def test_header_disagreeing_with_the_bitstream_is_an_error_not_a_crash_or_a_wrong_image(tmp_path, tsyntax, change):
+    ds = _compressed(tmp_path, tsyntax)
+    for key, value in change.items():
+        setattr(ds, key, value)
+    ds.save_as(tmp_path / "damaged.dcm")
+    with pytest.raises(DicomReadError, match=r"damaged\.dcm: .*(damaged file|cannot decode)"):
+        read_mammogram(tmp_path / "damaged.dcm")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("tsyntax", COMPRESSED)
+@pytest.mark.parametrize("end_marker", [False, True])
+def test_bitstream_cut_in_half_is_an_error(tmp_path, tsyntax, end_marker):
+    if end_marker and tsyntax == JPEGLosslessSV1:
+        pytest.skip("libjpeg and gdcm decode a cut lossless JPEG scan ending in EOI without an error (known gap)")
+    ds = _compressed(tmp_path, tsyntax)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    cut = frame[: len(frame) // 2] + (b"\xff\xd9" if end_marker else b"")
+    ds.PixelData = pydicom.encaps.encapsulate([cut + b"\x00" * (len(cut) % 2)])
+    ds.save_as(tmp_path / "cut.dcm")
+    with pytest.raises(DicomReadError, match=r"cut\.dcm: .*(cut short|cannot decode)"):
+        read_mammogram(tmp_path / "cut.dcm")
+
+
+def test_native_pixel_data_longer_than_the_header_says_is_an_error(tmp_path):
+    ds = pydicom.dcmread(write(tmp_path))
+    ds.Rows = ROWS // 2
+    ds.save_as(tmp_path / "long.dcm")
+    with pytest.raises(DicomReadError, match=r"long\.dcm: 6144 bytes of pixel data, but the header's 24 x 64 pixels"):
+        read_mammogram(tmp_path / "long.dcm")
+
+
+@pytest.mark.parametrize(
+    ("modality", "sop_class"),
+    [("CT", "1.2.840.10008.5.1.4.1.1.2"), ("MR", "1.2.840.10008.5.1.4.1.1.4"), (None, "1.2.840.10008.5.1.4.1.1.7")],
+)
+def test_other_modalities_are_rejected(tmp_path, modality, sop_class):
+    path = write(tmp_path, "ct.dcm", extra_tags={"Modality": modality, "SOPClassUID": sop_class})
+    with pytest.raises(DicomReadError, match=r"ct\.dcm: not a mammogram \(Modality"):
+        read_mammogram(path)
+
+
+def test_mammography_sop_class_without_modality_is_read(tmp_path):
+    image, _ = read_mammogram(write(tmp_path, extra_tags={"Modality": None}))
+    assert image.shape == (ROWS, COLS)
+
+
+def test_for_processing_images_are_read_when_asked(tmp_path):
+    path = write(tmp_path, "raw_detector.dcm", extra_tags={"PresentationIntentType": "FOR PROCESSING"})
+    image, meta = read_mammogram(path, for_processing=True)
+    assert image.shape == (ROWS, COLS) and meta.presentation_intent == "FOR PROCESSING"
 
 
 def test_writer_without_gdcm_says_what_to_install(tmp_path, monkeypatch):

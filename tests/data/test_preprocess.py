@@ -83,23 +83,28 @@ def test_invalid_parameters_are_config_errors_naming_the_key(override, key):
         main(["--table=t.parquet", "--root=.", "--out=cache", override])
 
 
-def test_cache_folder_is_keyed_by_every_parameter(tmp_path):
+def test_cache_folder_is_keyed_by_every_parameter_and_the_table(synthetic_dataset, tmp_path):
+    _, table = synthetic_dataset("vindr")
     variants = [
         SMALL,
         PreprocessParams(48, 33),
         PreprocessParams(48, 32, crop=False),
         PreprocessParams(48, 32, crop_threshold=0.1),
+        PreprocessParams(48, 32, for_processing=True),
     ]
-    keys = {cache_folder(tmp_path, p).name for p in variants}
-    assert len(keys) == 4 and cache_folder(tmp_path, PreprocessParams(48, 32)).name.startswith("48x32-")
-    assert cache_folder(tmp_path, SMALL) == cache_folder(tmp_path, PreprocessParams(height=48, width=32))
+    keys = {cache_folder(tmp_path, p, table).name for p in variants}
+    assert len(keys) == 5 and cache_folder(tmp_path, SMALL, table).name.startswith(f"{SMALL.key()}-")
+    assert cache_folder(tmp_path, SMALL, table) == cache_folder(tmp_path, PreprocessParams(height=48, width=32), table)
+    relabeled = table.assign(birads=table["birads"].fillna(1).astype(int) % 5 + 1)
+    tables = {cache_folder(tmp_path, SMALL, t) for t in (table, relabeled, table.iloc[:-1], table.copy())}
+    assert len(tables) == 3  # any change of content is another folder; a copy is the same
 
 
 def test_roi_parameters_key_the_cache_folder_only_when_crops_are_made():
     unused = PreprocessParams(48, 32, roi=RoiParams(size=16))
     crops = PreprocessParams(48, 32, roi=RoiParams(enabled=True, size=16))
     wider = PreprocessParams(48, 32, roi=RoiParams(enabled=True, size=16, margin=0.5))
-    assert unused.key() == SMALL.key()  # caches made before crops existed keep their folder
+    assert unused.key() == SMALL.key() == PreprocessParams(48, 32, for_processing=False).key()
     assert len({SMALL.key(), crops.key(), wider.key()}) == 3 and crops.key().startswith("48x32-")
 
 
@@ -114,7 +119,7 @@ def test_command_with_roi_writes_crops_and_their_table_beside_the_images(synthet
     args = [f"--table={tmp_path / 'table.parquet'}", f"--root={root}", f"--out={tmp_path}", "height=48", "width=32"]
     metrics = main([*args, *roi, "--workers=2"])
     folder = Path(metrics["folder"])
-    assert folder == cache_folder(tmp_path, PreprocessParams(48, 32, roi=RoiParams(True, 16, min_side=8)))
+    assert folder == cache_folder(tmp_path, PreprocessParams(48, 32, roi=RoiParams(True, 16, min_side=8)), table)
     assert metrics["crops"] == metrics["cached"] == len(table) and metrics["crop_table"] == str(folder / ROI_TABLE_FILE)
     crops = read_cached_table(folder / ROI_TABLE_FILE).set_index("image_id")
     row = table.iloc[3]
@@ -142,7 +147,7 @@ def dataset_with_bad_files(synthetic_dataset, tmp_path) -> tuple[Path, pd.DataFr
 def test_bad_files_are_recorded_and_the_rest_are_cached(dataset_with_bad_files, tmp_path):
     root, table = dataset_with_bad_files
     cached = preprocess_table(table, root, tmp_path / "cache", SMALL, progress=False)
-    folder = cache_folder(tmp_path / "cache", SMALL)
+    folder = cache_folder(tmp_path / "cache", SMALL, table)
     failures = pd.read_csv(folder / FAILURES_FILE)
     assert sorted(failures["image_id"]) == ["corrupt", "missing", "truncated"]
     assert failures.set_index("image_id").loc["corrupt", "error"].count("corrupt.dicom") >= 1
@@ -182,7 +187,7 @@ import sys, time
 import mvmlm.data.dicom as dicom
 from mvmlm.data.preprocess import main
 read = dicom.read_mammogram
-dicom.read_mammogram = lambda path: (time.sleep(0.15), read(path))[1]
+dicom.read_mammogram = lambda path, **kw: (time.sleep(0.15), read(path, **kw))[1]
 main(sys.argv[1:])
 """
 
@@ -197,7 +202,7 @@ def test_killed_run_resumes_with_every_image_cached_exactly_once(synthetic_datas
         "height=48",
         "width=32",
     ]
-    folder = cache_folder(tmp_path / "cache", SMALL)
+    folder = cache_folder(tmp_path / "cache", SMALL, table)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(list(folder.rglob("*.npy"))) < 5 and proc.poll() is None and time.monotonic() < deadline:

@@ -18,6 +18,7 @@ from downstream.coattention.run import build_model, main
 from downstream.common.config import EncoderConfig
 from downstream.common.tasks import get_task
 from mvmlm.config import ConfigError
+from mvmlm.errors import RunFinished
 from mvmlm.models.image_encoders import create_image_encoder
 
 from .conftest import REPO, tiny_config
@@ -257,13 +258,16 @@ def test_resume_reuses_finished_fusions_and_retrains_changed_ones(embed_cache, t
         return original(fusion, *args)
 
     monkeypatch.setattr(coattention, "train_fusion", recorded)
-    again = main([*argv, "train.resume=latest"])
-    assert trained == [] and [r["auc"] for r in again["results"]] == [r["auc"] for r in first["results"]]
+    with pytest.raises(RunFinished):  # finished with these settings: nothing to do, nothing touched
+        main([*argv, "train.resume=latest"])
+    assert trained == []
+    uninterrupted = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     (tmp_path / "run" / "finished" / "late_concat.json").unlink()  # interrupted while training the second fusion
-    resumed = pd.read_parquet(tmp_path / "run" / "predictions.parquet")  # (from the run just before)
-    main([*argv, "train.resume=latest"])
+    (tmp_path / "run" / "metrics.json").unlink()
+    again = main([*argv, "train.resume=latest"])
+    assert [r["auc"] for r in again["results"]] == [r["auc"] for r in first["results"]]
     assert trained == ["late_concat"]  # trained again on the same batches as in the uninterrupted run
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "predictions.parquet"), resumed)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "predictions.parquet"), uninterrupted)
     main([*argv, "train.resume=latest", "optim.lr=0.01"])
     assert trained == ["late_concat", "text_only", "late_concat"]
 

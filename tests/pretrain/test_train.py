@@ -101,10 +101,14 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(trained, pretrain
     results = main([*argv, "--resume", "latest"])
     assert results["resumed_from_step"] == killed_at
     expected = _logged_losses(reference)
-    assert results["losses"] == pytest.approx(
-        [expected[s] for s in range(killed_at + 1, STEPS + 1)], rel=1e-5, abs=1e-6
-    )
+    assert results["losses"] == pytest.approx([expected[s] for s in range(1, STEPS + 1)], rel=1e-5, abs=1e-6)
     assert _logged_losses(out) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    uninterrupted = json.loads((reference / "metrics.json").read_text())
+    for split, values in uninterrupted["before"].items():
+        assert results["before"][split] == pytest.approx(values)
+
+    assert cli.main(["pretrain", *argv, "--resume", "latest"]) == 0  # finished: nothing to do, nothing touched
+    assert json.loads((out / "metrics.json").read_text())["losses"] == pytest.approx(results["losses"])
 
 
 def test_a_second_run_into_the_same_out_is_refused_and_the_first_kept(trained, pretrain_inputs, capsys):

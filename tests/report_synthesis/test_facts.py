@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from mvmlm.config import ConfigError
-from report_synthesis.facts import DEFAULT_FIELDS, breast_facts
+from report_synthesis.facts import DEFAULT_FIELDS, BreastFacts, breast_facts
 from report_synthesis.prompts import facts_text
 
 
@@ -68,3 +71,21 @@ def test_unknown_field_name_is_a_config_error(facts):
 def test_table_without_id_columns_is_rejected(toy):
     with pytest.raises(KeyError, match="laterality"):
         breast_facts(toy.drop(columns=["laterality"]))
+
+
+def test_joined_descriptors_split_into_lexicon_words_and_other_findings(toy):
+    toy.loc[toy.exam_id == "EX-0001", "mass_shape"] = "irregular, architectural distortion"  # the CBIS adapter's form
+    toy.loc[toy.exam_id == "EX-0003", "calc_morphology"] = "coarse popcorn-like"  # a hyphen inside a lexicon word
+    by_id = {f.breast_id: f for f in breast_facts(toy)}
+    left = by_id["toy/PAT-0001/EX-0001/L"]
+    assert left.mass_shape == "irregular" and left.other_findings == ("architectural distortion",)
+    assert by_id["toy/PAT-0003/EX-0003/R"].calc_morphology == "coarse popcorn-like"
+
+
+def test_facts_round_trip_through_their_json_and_ids(all_facts):
+    for facts in all_facts.values():
+        ids = {"dataset": facts.dataset, "patient_id": facts.patient_id, "exam_id": facts.exam_id}
+        restored = BreastFacts.from_dict(ids | json.loads(facts.to_json()))
+        assert restored == dataclasses.replace(facts, split=None)
+    with pytest.raises(KeyError, match="size"):
+        BreastFacts.from_dict({"dataset": "d", "patient_id": "p", "exam_id": "e", "laterality": "L", "size": 2})

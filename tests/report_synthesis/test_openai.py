@@ -11,8 +11,11 @@ import pytest
 
 from mvmlm.config import ConfigError
 from mvmlm.rundir import RunDir
+from report_synthesis import read_corpus, template_report
 from report_synthesis.backends import BackendConfig, BackendError, OpenAIOptions, Request, create_backend
+from report_synthesis.prompts import PromptConfig, build_messages
 from report_synthesis.run import ReportsConfig, write_reports
+from report_synthesis.structured import INSTRUCTION, SCHEMA
 
 LEFT = "toy/PAT-0001/EX-0001/L"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "- Breast: left"}]
@@ -29,7 +32,8 @@ class Script:
     def next(self, path: str, headers: dict, body: dict):
         with self.lock:
             self.seen.append((path, headers, body))
-            return self.actions.pop(0) if len(self.actions) > 1 else self.actions[0]
+            action = self.actions.pop(0) if len(self.actions) > 1 else self.actions[0]
+            return action(body) if callable(action) else action
 
 
 def ok(text: str) -> tuple:
@@ -43,7 +47,8 @@ def ok(text: str) -> tuple:
 
 @pytest.fixture
 def server():
-    """``server(*actions) -> (base_url, script)``; an action is (status, body bytes, headers) or ("sleep", s, then)."""
+    """``server(*actions) -> (base_url, script)``; an action is (status, body bytes, headers), ("sleep", s, then)
+    or a function of the request body returning one of these."""
     started = []
 
     def start(*actions):
@@ -145,3 +150,55 @@ def test_pipeline_stops_when_the_server_answers_nothing(server, table_path, tmp_
     with pytest.raises(BackendError, match="HTTP 500"):
         write_reports(cfg, RunDir(tmp_path / "corpus"))
     assert not list((tmp_path / "corpus").glob("parts/part-*"))
+
+
+def structured_answer(report: str, stated: dict) -> tuple:
+    return ok(json.dumps({"report": report, "stated_facts": stated}))
+
+
+def test_structured_option_requests_the_schema_and_returns_report_and_stated_facts(server, facts):
+    stated = {**dict.fromkeys(SCHEMA["properties"]["stated_facts"]["required"]), "laterality": "L", "birads": 4}
+    url, script = server(structured_answer("FINDINGS: left breast. BI-RADS 4.", stated))
+    [generation] = backend(url, structured=True).generate(requests(facts))
+    assert (generation.text, generation.stated_facts, generation.error) == (
+        "FINDINGS: left breast. BI-RADS 4.",
+        stated,
+        None,
+    )
+    body = script.seen[0][2]
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert body["messages"][-1]["content"].endswith(INSTRUCTION) and body["messages"][0] == MESSAGES[0]
+    url, script = server(ok("FINDINGS: left breast, no JSON here"))
+    [generation] = backend(url, structured=True).generate(requests(facts))
+    assert generation.error.startswith("structured output:") and generation.stated_facts is None
+    url, script = server(ok("plain"))
+    backend(url).generate(requests(facts))
+    assert "response_format" not in script.seen[0][2]
+
+
+def test_structured_pipeline_rejects_stated_facts_that_disagree_with_the_table(server, facts, table_path, tmp_path):
+    """Every answer's report is the template's (faithful); the first answer for LEFT claims BI-RADS 5 in its
+    stated facts, the first for RIGHT claims a mass the table does not have: both are retried, then accepted."""
+    prompt = PromptConfig()
+    by_prompt = {build_messages(f, prompt)[-1]["content"]: f for f in facts.values()}
+    tampered: dict[str, str] = {LEFT: "birads", "toy/PAT-0001/EX-0001/R": "mass"}
+
+    def answer(body):
+        item = by_prompt[body["messages"][-1]["content"].removesuffix(f"\n\n{INSTRUCTION}")]
+        stated = {**dict.fromkeys(SCHEMA["properties"]["stated_facts"]["required"]), **item.reportable()}
+        key = tampered.pop(item.breast_id, None)
+        if key == "birads":
+            stated["birads"] = 5
+        elif key == "mass":
+            stated["mass"] = True
+        return structured_answer(template_report(item, body["seed"]), stated)
+
+    url, _ = server(answer)
+    cfg = ReportsConfig(table=str(table_path), out=str(tmp_path / "corpus"), progress=False)
+    cfg.backend = BackendConfig(name="openai", model="m", openai=OpenAIOptions(base_url=url, structured=True))
+    summary = write_reports(cfg, RunDir(tmp_path / "corpus"))
+    assert summary["rejections"] == {"stated facts": 2}
+    assert summary["accepted_after_retry"] == 2 and summary["accepted_first_try"] == 4
+    corpus = read_corpus(tmp_path / "corpus")
+    assert set(corpus.source) == {"openai"} and not corpus.report.str.contains("stated_facts").any()

@@ -94,3 +94,66 @@ def test_unselected_fields_must_not_be_stated(all_facts):
     only_side = all_facts[LEFT].select([])
     reasons = fact_check(GOOD_LEFT, only_side)
     assert {"birads", "density", "mass", "calcification"} <= {reason_category(r) for r in reasons}
+
+
+@pytest.mark.parametrize(
+    ("report", "category"),
+    [
+        (GOOD_LEFT.replace("irregular mass", "oval mass"), "descriptor"),
+        (GOOD_LEFT.replace("spiculated margins", "circumscribed margins"), "descriptor"),
+        (GOOD_LEFT.replace("fine pleomorphic calcifications", "calcifications"), "descriptor"),
+        (GOOD_LEFT.replace("in a segmental distribution", "in a grouped distribution"), "descriptor"),
+        (GOOD_LEFT.replace("There is an irregular mass", "There is a 1.8 cm irregular mass"), "measurement"),
+        (GOOD_LEFT.replace("There is an irregular mass", "At 2 o'clock there is an irregular mass"), "location"),
+        (GOOD_LEFT.replace("There is an irregular mass", "In the upper outer quadrant, an irregular mass"), "location"),
+        (GOOD_LEFT + " Stable compared with the prior study.", "temporal"),
+        (GOOD_LEFT + " The previously seen mass has resolved.", "temporal"),
+        (GOOD_LEFT.replace("BI-RADS 4", "BI-RADS V"), "birads"),
+        (GOOD_LEFT.replace("(ACR C)", "(ACR density 4)"), "density"),
+        ("Patient Name: [Patient Name]\n" + GOOD_LEFT, "identifier"),
+        (
+            GOOD_LEFT.replace("Left breast", "Left breast, LCC and LMLO views").replace("(ACR C)", "(ACR C), LXCCL"),
+            "views",
+        ),
+    ],
+)
+def test_wrong_descriptors_and_invented_details_are_rejected(facts, report, category):
+    reasons = fact_check(report, facts[LEFT])
+    assert category in {reason_category(r) for r in reasons}, reasons
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        GOOD_LEFT.replace("with spiculated margins", "with spiculations").replace("fine pleomorphic", "pleomorphic"),
+        GOOD_LEFT.replace("irregular mass", "irregularly shaped mass").replace("BI-RADS 4", "BI-RADS IV"),
+        GOOD_LEFT.replace("BI-RADS 4", "BI-RADS 4B") + " Dense tissue may obscure small masses.",
+        GOOD_LEFT
+        + " No suspicious axillary lymph nodes. Recommend 6-month follow-up is not indicated; biopsy advised.",
+    ],
+)
+def test_lexicon_synonyms_and_boilerplate_are_accepted(facts, report):
+    assert fact_check(report, facts[LEFT]) == []
+
+
+def test_identifier_reasons_never_quote_the_identifier(facts):
+    reasons = fact_check("Patient PAT-0001, Dr. Smith, 03/14/2021: " + GOOD_LEFT, facts[LEFT])
+    assert reasons and not any(s in r for r in reasons for s in ("PAT-0001", "Smith", "03/14"))
+
+
+def test_stated_facts_must_agree_with_the_table_and_the_text(facts):
+    from report_synthesis.extract import extract
+    from report_synthesis.structured import check_stated
+
+    truth = facts[LEFT].reportable()
+    assert fact_check(GOOD_LEFT, facts[LEFT], stated_facts=truth) == []
+    assert fact_check(GOOD_LEFT, facts[LEFT], stated_facts={**truth, "birads": 5}) == [
+        "stated facts: birads 5, the facts say 4"
+    ]
+    assert check_stated({"mass_shape": "irregular"}, facts[LEFT], extract("Left breast, oval mass.")) == [
+        "stated facts: mass_shape 'irregular' disagrees with the report text"
+    ]
+    assert check_stated({"mass_shape": "ill-defined"}, facts[LEFT], extract(GOOD_LEFT))[0].startswith(
+        "stated facts: mass_shape"
+    )
+    assert reason_category(fact_check(GOOD_LEFT, facts[LEFT], stated_facts={"size": "2 cm"})[0]) == "stated facts"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from mvmlm.config import ConfigError
 from mvmlm.data.schema import read_table, write_table
 from mvmlm.rundir import RunDir
 from report_synthesis import corpus_glob, read_corpus, template_report
-from report_synthesis.backends import Generation
+from report_synthesis.backends import Generation, register_backend
 from report_synthesis.facts import breast_facts
 from report_synthesis.run import ReportsConfig, main, write_reports
 
@@ -189,3 +190,62 @@ def test_killed_run_resumes_and_writes_every_id_exactly_once(tmp_path):
     assert done.id.is_unique and set(done.id) == expected and len(done) == 64
     assert set(partial.id) <= set(done.id)
     assert not list((out / "parts").glob(".*tmp*"))
+
+
+class Interrupted:
+    """A backend that dies on its first call, like a run killed before its first part."""
+
+    name = "interrupted"
+
+    def generate(self, requests):
+        raise KeyboardInterrupt
+
+
+def test_manifest_is_written_before_the_first_part_so_a_killed_run_still_guards_its_settings(table_path, tmp_path):
+    out = tmp_path / "corpus"
+    cfg = ReportsConfig(table=str(table_path), out=str(out), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(cfg, RunDir(out), Interrupted())
+    assert read_corpus(out).empty and json.loads((out / "manifest.json").read_text())["backend"] == "template"
+    with pytest.raises(ConfigError, match="prompt_hash"):
+        run_main(table_path, out, "prompt.system=Be brief.")
+    assert run_main(table_path, out)["written"] == BREASTS
+
+
+@register_backend("always_wrong")
+class AlwaysWrong(Scripted):
+    """Every generation fails the fact check on BI-RADS (breasts without BI-RADS pass)."""
+
+    name = "always_wrong"
+
+    def __init__(self, cfg):
+        super().__init__(good_after=10**9)
+
+
+@register_backend("dead_server")
+class DeadServer(Scripted):
+    name = "dead_server"
+
+    def __init__(self, cfg):
+        super().__init__(good_after=0)
+
+    def generate(self, requests):
+        return [Generation(r.id, "", None, error="connection refused") for r in requests]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "last_line"),
+    [
+        ([], 2, r"error: 1 of 6 reports done, 5 failed \(listed in .*part-\*\.parquet, column fallback_reason\): "),
+        (["max_failures=0.9"], 0, r"reports .*: 1 of 6 reports done, 5 failed \(listed in "),
+        (["backend.name=dead_server"], 2, r"error: backend 'dead_server' failed every request of a chunk; .*rerun"),
+        (["max_failures=1.5"], 2, r"error: key 'max_failures': a fraction of the items in \[0, 1\], got 1.5"),
+    ],
+)
+def test_exit_code_and_last_line_state_the_failures(table_path, tmp_path, capfd, caplog, overrides, code, last_line):
+    from mvmlm.cli import main as mvmlm
+
+    args = [f"table={table_path}", f"out={tmp_path / 'c'}", "progress=false", "max_attempts=1"]
+    assert mvmlm(["reports", *args, "backend.name=always_wrong", *overrides]) == code
+    last = capfd.readouterr().err.strip().splitlines()[-1] if code else caplog.messages[-1]
+    assert re.match(last_line, last), last

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from mvmlm.batch import TooManyFailuresError
 from report_synthesis import read_corpus
-from report_synthesis.postprocess import reason_category
+from report_synthesis.postprocess import REASON_CATEGORIES, reason_category
 from report_synthesis.run import main
 
 CHAT_TEMPLATE = (
@@ -16,18 +19,6 @@ WORDS = (
     "left right breast mass calcifications BI-RADS 1 2 3 4 5 density A B C D irregular oval spiculated "
     "findings impression no suspicious present segmental heterogeneously dense the a is of with and"
 ).split()
-FACT_CHECK_CATEGORIES = {
-    "laterality",
-    "birads",
-    "density",
-    "age",
-    "mass",
-    "calcification",
-    "other finding",
-    "identifier",
-    "empty",
-    "truncated",
-}
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +59,25 @@ def tiny_lm(tmp_path_factory):
 
 def test_tiny_lm_gibberish_is_rejected_and_replaced_by_the_template(tiny_lm, table_path, tmp_path):
     out = tmp_path / "corpus"
-    summary = main(
-        [
-            f"table={table_path}",
-            f"out={out}",
-            "progress=false",
-            "max_attempts=2",
-            "backend.name=transformers",
-            f"backend.model={tiny_lm}",
-            "backend.sampling.max_tokens=12",
-            "backend.transformers.device=cpu",
-            "backend.transformers.batch_size=4",
-        ]
-    )
+    with pytest.raises(TooManyFailuresError, match="all 6 reports failed"):  # the command exits 2
+        main(
+            [
+                f"table={table_path}",
+                f"out={out}",
+                "progress=false",
+                "max_attempts=2",
+                "backend.name=transformers",
+                f"backend.model={tiny_lm}",
+                "backend.sampling.max_tokens=12",
+                "backend.transformers.device=cpu",
+                "backend.transformers.batch_size=4",
+            ]
+        )
+    summary = json.loads((out / "metrics.json").read_text())  # written before the exit
     corpus = read_corpus(out)
     assert len(corpus) == 6 and summary["template_fallback"] == 6
     assert set(corpus.source) == {"template"} and (corpus.attempts == 2).all()
     assert corpus.fallback_reason.notna().all()
-    assert {reason_category(r) for r in corpus.fallback_reason} <= FACT_CHECK_CATEGORIES
+    assert {reason_category(r) for r in corpus.fallback_reason} <= set(REASON_CATEGORIES)
     assert sum(summary["rejections"].values()) >= 12  # every breast rejected on both attempts
     assert summary["accepted_first_try"] == summary["accepted_after_retry"] == 0

@@ -109,3 +109,30 @@ def test_pipeline_through_vllm_builds_chat_messages_and_a_seed_per_request(monke
     assert seeds == [derive_seed(3, job_id, 0) for job_id in corpus.id]
     assert len(set(seeds)) == 12
     assert summary["accepted_first_try"] == 12 and set(corpus.source) == {"vllm"} and (corpus.attempts == 1).all()
+
+
+def test_structured_option_sends_a_json_schema_and_unpacks_the_answer(monkeypatch, facts):
+    import json
+
+    from report_synthesis.backends import Request
+    from report_synthesis.structured import INSTRUCTION, SCHEMA
+
+    left = facts["toy/PAT-0001/EX-0001/L"]
+    answer = json.dumps({"report": template_report(left, 0), "stated_facts": left.reportable()})
+    fake = FakeVllm({})
+    fake.LLM.chat = lambda self, messages, params, **kw: (
+        fake.calls.append((messages, params, kw))
+        or [SimpleNamespace(outputs=[SimpleNamespace(text=answer, finish_reason="stop")])]
+    )
+    sampling_module = ModuleType("vllm.sampling_params")
+    sampling_module.StructuredOutputsParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_module)
+    cfg = BackendConfig(name="vllm", model="m", vllm=VllmOptions(structured=True))
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    [generation] = create_backend(cfg).generate([Request("x#0", messages, 5, left)])
+    assert generation.text == template_report(left, 0) and generation.stated_facts == left.reportable()
+    [(sent, [params], _)] = fake.calls
+    assert params.structured_outputs.json == SCHEMA and params.seed == 5
+    assert sent[0][-1]["content"] == f"u\n\n{INSTRUCTION}" and messages[-1]["content"] == "u"
+    assert "structured_outputs" not in sampling_kwargs(SamplingConfig(), seed=1)

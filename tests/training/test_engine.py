@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -216,7 +217,6 @@ def test_trackers_by_accelerate_name(tmp_path, caplog):
     ],
 )
 def test_old_keys_name_their_new_key(override, hint):
-    from dataclasses import dataclass, field
 
     @dataclass
     class Schema:
@@ -237,3 +237,44 @@ def test_trainers_with_other_precision_run_one_after_another_in_one_process(tmp_
         engine, model, loader = make(tmp_path / str(i), epochs=1, mixed_precision=precision)
         assert engine.accelerator.mixed_precision == precision
         engine.fit(model, loader, loss=cross_entropy)
+
+
+def test_resumed_fit_reports_the_losses_of_the_whole_run(tmp_path):
+    engine, model, loader = make(tmp_path, epochs=1)
+    first = engine.fit(model, loader, loss=cross_entropy)
+    engine, model, loader = make(tmp_path, epochs=2, resume="latest")  # a second epoch after the first call
+    resumed = engine.fit(model, loader, loss=cross_entropy)
+    assert resumed.resumed_from_step == 4 and len(resumed.losses) == 8
+    assert resumed.losses[:4] == pytest.approx(first.losses)
+
+
+@dataclass
+class Run:
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_resuming_a_finished_run_with_its_settings_touches_nothing(tmp_path, capsys):
+    from mvmlm.cli import run_command
+    from mvmlm.errors import RunFinished
+    from mvmlm.rundir import RunDir
+
+    run = RunDir.create(tmp_path, Run(TrainConfig(epochs=1)), resume="none")
+    run.write_metrics({"auc": 0.9})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(RunFinished, match="finished run"):
+        RunDir.create(tmp_path, Run(TrainConfig(epochs=1, resume="latest")), resume="latest")
+    again = Run(TrainConfig(epochs=1, resume="latest"))
+    assert run_command(lambda argv: RunDir.create(tmp_path, again, resume="latest")) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_continuing_a_run_keeps_its_config_and_records_the_new_one_aside(tmp_path):
+    from mvmlm.rundir import RunDir
+
+    RunDir.create(tmp_path, TrainConfig(epochs=1), resume="none")
+    original = (tmp_path / "config.yaml").read_text()
+    RunDir.create(tmp_path, TrainConfig(epochs=3, resume="latest"), resume="latest")  # more epochs: continues
+    assert (tmp_path / "config.yaml").read_text() == original
+    (aside,) = (tmp_path / "resumes").iterdir()
+    assert "epochs: 3" in (aside / "config.yaml").read_text() and (aside / "provenance.json").is_file()

@@ -40,17 +40,39 @@ def read_native_table(
     what: str,
     hint: str = "",
     rename: Mapping[str, str] | None = None,
+    allow_empty: bool = False,
     **read_kwargs,
 ) -> pd.DataFrame:
     """Read a dataset's own CSV (Excel for ``.xlsx``) with ``read_kwargs``, checking it has the ``required`` columns.
 
     Raises :class:`SourceError` naming ``path`` when it is missing (``what`` says what it is, ``hint`` where to get
-    it) or lacks a required column (after ``rename``, which maps alternative spellings to the ones required).
+    it), is not a readable table (empty file, an extra field or an unclosed quote, not UTF-8: the message names the
+    line), has no data rows (unless ``allow_empty``) or lacks a required column (after ``rename``, which maps
+    alternative spellings to the ones required).
     """
     if not path.is_file():
         raise SourceError(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
     reader = pd.read_excel if path.suffix.lower() == ".xlsx" else pd.read_csv
-    table = reader(path, **read_kwargs)
+    try:
+        table = reader(path, **read_kwargs)
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: empty file; expected a {what} with the columns {list(required)}") from None
+    except pd.errors.ParserError as exc:  # extra field, unclosed quote: pandas names the line
+        raise SourceError(f"{path}: malformed CSV ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+        start = exc.start
+        try:  # pandas reports the offset inside its read chunk: find the first bad byte of the file
+            data.decode(exc.encoding)
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        line = data[:start].count(b"\n") + 1
+        raise SourceError(
+            f"{path} line {line}: not {exc.encoding.upper()} ({data[start : start + 1]!r}, "
+            "e.g. Latin-1); save the file as UTF-8 (iconv -f latin1 -t utf-8)"
+        ) from None
+    if table.empty and not allow_empty:
+        raise SourceError(f"{path}: no data rows (header only?); expected a {what}")
     if rename:
         table = table.rename(columns=rename)
     missing = [c for c in required if c not in table.columns]

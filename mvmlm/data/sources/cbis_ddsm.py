@@ -122,7 +122,8 @@ def _read_cases(path: Path, kind: str, split: str) -> pd.DataFrame:
     """One case-description CSV as normalised abnormality rows (strings stripped, ``N/A`` kept, then mapped)."""
     required = (*COMMON_COLUMNS, *DESCRIPTOR_COLUMNS[kind])
     what, hint = "CBIS-DDSM case-description CSV", "download it from the TCIA page"
-    table = read_native_table(path, required, what=what, hint=hint, rename=RENAME, dtype=str, keep_default_na=False)
+    options = {"rename": RENAME, "allow_empty": True, "dtype": str, "keep_default_na": False}  # a split may be empty
+    table = read_native_table(path, required, what=what, hint=hint, **options)
     table = table[list(required)].apply(lambda column: column.str.strip())
     bad = ~table["left or right breast"].isin(list(SIDES)) | ~table["pathology"].isin(list(SEVERITY))
     if bad.any():

@@ -98,6 +98,13 @@ def read(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1) -> pd.Da
             f"{root / BREAST_FILE} row {csv_line(unknown)}: column 'split' has "
             f"{images['split'][unknown].iloc[0]!r}; expected one of {sorted(SPLITS)}"
         )
+    splits = images.groupby("study_id")["split"].transform("nunique")
+    if (splits > 1).any():
+        study = images["study_id"][splits > 1].iloc[0]
+        raise SourceError(
+            f"{root / BREAST_FILE} row {csv_line(splits > 1)}: study {study!r} is in more than one split "
+            f"({', '.join(sorted(set(images['split'][images['study_id'] == study])))}); a study belongs to one split"
+        )
     table = pd.DataFrame(
         {
             "dataset": "vindr",

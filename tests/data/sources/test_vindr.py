@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,53 @@ def test_synth_data_and_tables_commands(tmp_path):
     written = schema.read_table(out)
     assert len(written) == len(expected) == len(table) and (root / "synthetic_truth.parquet").is_file()
     pd.testing.assert_frame_equal(_by_image(written)[COMPARED], _by_image(expected)[COMPARED])
+
+
+def _break(text: str, fault: str) -> bytes:
+    lines = text.splitlines(keepends=True)
+    if fault == "extra field":
+        lines[4] = lines[4].rstrip("\n") + ",surplus\n"
+    elif fault == "unclosed quote":
+        lines[3] = lines[3].replace(",", ',"', 1)
+    elif fault == "header only":
+        lines = lines[:1]
+    elif fault == "empty":
+        lines = []
+    return "".join(lines).encode("latin-1" if fault == "latin-1" else "utf-8")
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("extra field", r"malformed CSV \(Error tokenizing data\. C error: Expected \d+ fields in line 5, saw \d+\)"),
+        ("unclosed quote", r"malformed CSV \(.*EOF inside string starting at row 3"),
+        ("empty", r"empty file; expected a VinDr-Mammo table with the columns \["),
+        ("header only", r"no data rows \(header only\?\)"),
+        ("latin-1", r" line 4: not UTF-8 \(b'\\xe9', e\.g\. Latin-1\); save the file as UTF-8"),
+    ],
+)
+def test_malformed_native_csv_is_a_one_line_error_naming_the_file(vindr, tmp_path, capsys, fault, message):
+    tables = _copy_tables(vindr[0], tmp_path)
+    text = (tables / BREAST_FILE).read_text()
+    if fault == "latin-1":
+        lines = text.splitlines(keepends=True)
+        lines[3] = lines[3].replace(",", ",é", 1)
+        text = "".join(lines)
+    (tables / BREAST_FILE).write_bytes(_break(text, fault))
+    from mvmlm.cli import main as mvmlm
+
+    assert mvmlm(["tables", "--source=vindr", f"--root={tables}", f"--out={tmp_path / 't.parquet'}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and re.match(rf"error: {re.escape(str(tables / BREAST_FILE))}:?.*{message}", error), error
+
+
+def test_study_in_two_splits_names_the_row_and_the_study(vindr, tmp_path):
+    tables = _copy_tables(vindr[0], tmp_path)
+    native = pd.read_csv(tables / BREAST_FILE, dtype=str, keep_default_na=False)
+    study = native.loc[0, "study_id"]
+    native.loc[native.index[native["study_id"] == study][1:], "split"] = (
+        "test" if native.loc[0, "split"] != "test" else "training"
+    )
+    native.to_csv(tables / BREAST_FILE, index=False)
+    with pytest.raises(SourceError, match=rf"row 2: study '{study}' is in more than one split \((test, training)\)"):
+        read_source("vindr", str(tables))

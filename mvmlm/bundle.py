@@ -1,0 +1,411 @@
+"""Model bundles: one self-contained directory per trained model, saved and loaded with huggingface_hub's
+``ModelHubMixin`` conventions (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``)::
+
+    bundle = FinetunedBundle(model, bundle_config(kind_config, heads, preprocessing, card))
+    bundle.save_pretrained("runs/finetune/models/unit")     # model files + config.json + manifest.json + README.md
+    model = mvmlm.load_model("runs/finetune/models/unit")   # or a Hub repo id (through the Hub cache)
+
+A bundle directory holds the model's own files (``model.safetensors`` and its ``config.yaml``, or for coxnet plain
+arrays in safetensors + JSON; never a pickle), ``config.json`` (format version, ``kind``, the model config, its
+heads and class names, the image preprocessing it was trained with, the model card's facts), ``manifest.json``
+(format version, kind and the sha256 of every file but the card) and ``README.md`` (the model card, generated).
+A missing or altered file, or a newer format version, is refused with one line naming the file.
+
+The class of a bundle is found by its ``kind`` through the entry-point group ``mvmlm.models`` (pyproject.toml), so
+this core module names no application class. This module imports neither torch nor an application package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin, snapshot_download
+
+from mvmlm.errors import InputError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ENTRY_POINT_GROUP",
+    "MANIFEST_NAME",
+    "CONFIG_JSON",
+    "CARD_NAME",
+    "BundleError",
+    "ModelCardInfo",
+    "Bundle",
+    "bundle_config",
+    "preprocessing_of",
+    "resolve_bundle",
+    "verify_bundle",
+    "model_class",
+    "load_model",
+]
+
+#: bump when a bundle written now cannot be read by the code of an earlier version
+FORMAT_VERSION = 1
+ENTRY_POINT_GROUP = "mvmlm.models"
+MANIFEST_NAME = "manifest.json"
+CONFIG_JSON = "config.json"  # huggingface_hub.constants.CONFIG_NAME
+CARD_NAME = "README.md"
+_UNHASHED = {MANIFEST_NAME, CARD_NAME}  # the card may be edited on the Hub; the facts it shows are in config.json
+_NOTICE = "Research use only: not a medical device, not for diagnosis or any clinical decision."
+
+
+class BundleError(ValueError, InputError):
+    """A bundle directory cannot be used: a file missing or altered, an unknown kind, a newer format."""
+
+
+@dataclass
+class ModelCardInfo:
+    """The facts a model card shows: what the model predicts, its data, its metrics and where it came from."""
+
+    title: str = "mvmlm model"
+    predicts: str = ""  # one sentence: what goes in, what comes out
+    counts: dict[str, int] = field(default_factory=dict)  # per split: breasts or exams it was trained / scored on
+    metrics: dict[str, str] = field(default_factory=dict)  # name -> value with its CI, e.g. "0.81 [0.74, 0.88]"
+    command: str = ""  # the command line of the run
+    commit: str = ""  # the git commit of the code that trained it
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **facts: Any) -> ModelCardInfo:
+        """The card facts of a run directory: command line and git commit from its ``provenance.json``."""
+        path = Path(run_dir) / "provenance.json"
+        provenance = json.loads(path.read_text()) if path.is_file() else {}
+        command = provenance.get("command", [])
+        return cls(command=" ".join(map(str, command)), commit=provenance.get("git_commit") or "", **facts)
+
+
+def format_ci(value: float, low: float | None = None, high: float | None = None) -> str:
+    """``0.812 [0.741, 0.880]`` (or the bare value where there is no interval)."""
+    if low is None or high is None or low != low or high != high:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def bundle_config(
+    model: Mapping[str, Any],
+    heads: Mapping[str, list[str]],
+    preprocessing: Mapping[str, Any],
+    card: ModelCardInfo | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What ``config.json`` holds besides the format version and the kind (plain JSON values)."""
+    return {
+        "model": dict(model),
+        "heads": {name: list(classes) for name, classes in heads.items()},
+        "preprocessing": dict(preprocessing),
+        "card": dataclasses.asdict(card or ModelCardInfo()),
+        **extra,
+    }
+
+
+def preprocessing_of(table: str | Path) -> dict[str, Any]:
+    """The image preprocessing parameters (:class:`mvmlm.data.preprocess.PreprocessParams`) of the cache a
+    ``table.parquet`` came from: read from the cache folder's ``config.yaml`` (written by ``mvmlm preprocess``),
+    else recovered from the folder name when its hash matches the default crop settings at that size.
+
+    Raises:
+        BundleError: naming the folder, when neither tells the parameters.
+    """
+    from mvmlm.config import build_config, config_to_dict
+    from mvmlm.data.preprocess import PreprocessConfig, PreprocessParams, read_cached_table
+
+    table = Path(table)
+    folders = [table.parent]
+    first = read_cached_table(table)["cache_path"].head(1).tolist()
+    if first:
+        folders.append(Path(first[0]).parents[3])  # <folder>/images/<dataset>/<patient>/<image>.npy
+    names = [f.name for f in dataclasses.fields(PreprocessParams)]
+    for folder in folders:
+        if (folder / "config.yaml").is_file():
+            cfg = build_config(PreprocessConfig, [folder / "config.yaml"])
+            params = PreprocessParams(**{name: getattr(cfg, name) for name in names})
+            if _names_cache(folder, params):
+                return config_to_dict(params)
+        height, _, width = folder.name.partition("-")[0].partition("x")
+        if height.isdigit() and width.isdigit():
+            params = PreprocessParams(height=int(height), width=int(width))
+            if _names_cache(folder, params):
+                return config_to_dict(params)
+    raise BundleError(
+        f"{table}: cannot tell the preprocessing of its cache folder {folders[-1]} (no config.yaml of `mvmlm "
+        "preprocess` there)"
+    )
+
+
+def _names_cache(folder: Path, params: Any) -> bool:
+    """Whether ``folder`` is a cache folder of ``params`` (``<key>`` or ``<key>-<table hash>``)."""
+    return folder.name == params.key() or folder.name.startswith(f"{params.key()}-")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hashed_files(directory: Path) -> dict[str, str]:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {p.relative_to(directory).as_posix(): _sha256(p) for p in files if p.name not in _UNHASHED}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing; not an mvmlm model bundle (or an incomplete copy of one)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """``manifest.json`` of a bundle, its format version checked."""
+    path = Path(directory) / MANIFEST_NAME
+    manifest = _read_json(path)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {version!r}, this mvmlm reads format {FORMAT_VERSION} and older; upgrade mvmlm"
+        )
+    return manifest
+
+
+def verify_bundle(directory: str | Path) -> dict[str, Any]:
+    """The manifest of ``directory`` after checking every file it lists against its sha256.
+
+    Raises:
+        BundleError: naming the first missing or altered file, or a newer format version.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name, expected in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle (listed in {MANIFEST_NAME})")
+        if _sha256(path) != expected:
+            raise BundleError(f"{path}: altered (its sha256 differs from the one in {MANIFEST_NAME})")
+    return manifest
+
+
+def resolve_bundle(
+    dir_or_repo_id: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """A local bundle directory: ``dir_or_repo_id`` itself, or the Hub cache's snapshot of that repo id (downloaded
+    unless cached; with ``HF_HUB_OFFLINE=1`` only the cache is read)."""
+    if os.path.isdir(dir_or_repo_id):
+        return Path(dir_or_repo_id)
+    if Path(dir_or_repo_id).exists() or str(dir_or_repo_id).count("/") != 1:
+        raise BundleError(f"{dir_or_repo_id}: neither a bundle directory nor a Hub repo id (org/name)")
+    return Path(
+        snapshot_download(
+            repo_id=str(dir_or_repo_id),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+    )
+
+
+def model_class(kind: str) -> type[Bundle]:
+    """The bundle class registered for ``kind`` in the entry-point group ``mvmlm.models``."""
+    found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    if kind not in found:
+        raise BundleError(f"unknown bundle kind {kind!r}; installed: {', '.join(sorted(found)) or 'none'}")
+    cls = found[kind].load()
+    if not (isinstance(cls, type) and issubclass(cls, Bundle)) or cls.kind != kind:
+        raise TypeError(f"entry point {kind} = {found[kind].value} is not a Bundle of kind {kind!r}")
+    return cls
+
+
+def load_model(dir_or_repo_id: str | Path, **hub_kwargs: Any) -> Bundle:
+    """Any mvmlm bundle, from a directory or a Hub repo id; its class is chosen by the ``kind`` it records.
+
+    Args:
+        hub_kwargs: ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``.
+    """
+    directory = resolve_bundle(dir_or_repo_id, **hub_kwargs)
+    kind = read_manifest(directory).get("kind", "")
+    return model_class(kind).from_pretrained(str(directory))
+
+
+class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"]):
+    """A trained model with everything needed to use it on new images. Subclasses set ``kind`` and ``level``
+    (``breast``: CC + MLO per item; ``exam``: L-CC, L-MLO, R-CC, R-MLO), write and read their model files
+    (:meth:`write_files`, :meth:`read_module`) and score views (:meth:`predict_views`); an image tower can also
+    :meth:`embed_images`.
+
+    Args:
+        module: the model (an ``nn.Module``, or for coxnet its arrays).
+        config: what ``config.json`` holds besides format and kind (:func:`bundle_config`).
+    """
+
+    kind: ClassVar[str] = ""
+    level: ClassVar[str] = "breast"
+
+    def __init__(self, module: Any, config: dict) -> None:
+        self.module = module
+        self.config = config
+
+    # ------------------------------------------------------------------ what a kind provides
+
+    def write_files(self, directory: Path) -> None:
+        """Write the model's own files (weights and their config) into ``directory``."""
+        raise NotImplementedError
+
+    @classmethod
+    def read_module(cls, directory: Path, config: dict) -> Any:
+        """The model read back from the files :meth:`write_files` wrote (no download, no pickle)."""
+        raise NotImplementedError
+
+    def predict_views(self, images: Any, mask: Any) -> dict[str, Any]:
+        """``images (B, V, 1, H, W)``, ``mask (B, V)`` -> per head class probabilities ``(B, K)`` (breast level) or
+        ``(B, 2, K)`` (exam level, sides L, R); further entries (e.g. ``attention (B, V)``) are reported too."""
+        raise BundleError(f"a {self.kind} bundle does not predict classes; use embed")
+
+    def embed_images(self, images: Any) -> Any:
+        """``(N, 1, H, W)`` -> ``(N, D)`` embeddings of the image tower."""
+        raise BundleError(f"a {self.kind} bundle has no image tower to embed with")
+
+    def input_transform(self, image: Any) -> Any:
+        """A preprocessed image ``(1, H, W)`` -> the network input (e.g. resized); the identity by default."""
+        return image
+
+    # ------------------------------------------------------------------ shared
+
+    @property
+    def heads(self) -> dict[str, list[str]]:
+        """Head name -> class names, in output order."""
+        return self.config.get("heads", {})
+
+    @property
+    def preprocessing(self) -> Any:
+        """The :class:`~mvmlm.data.preprocess.PreprocessParams` the model was trained with."""
+        from mvmlm.data.preprocess import PreprocessParams, RoiParams
+
+        params = dict(self.config["preprocessing"])
+        return PreprocessParams(**{**params, "roi": RoiParams(**params.get("roi", {}))})
+
+    @property
+    def card(self) -> ModelCardInfo:
+        return ModelCardInfo(**self.config.get("card", {}))
+
+    def predict(self, paths: Any, **options: Any) -> Any:
+        """Predictions (a DataFrame, one row per breast / exam) for DICOM files, folders or a table; see
+        :func:`mvmlm.inference.predict.predict_paths` for ``options``."""
+        from mvmlm.inference.predict import predict_paths
+
+        return predict_paths(self, paths, **options).predictions
+
+    def embed(self, paths: Any, **options: Any) -> Any:
+        """Per-view and per-breast embeddings (a DataFrame) of DICOM files, folders or a table."""
+        from mvmlm.inference.embed import embed_paths
+
+        return embed_paths(self, paths, **options).embeddings
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        directory = Path(save_directory)
+        (directory / CARD_NAME).unlink(missing_ok=True)  # save_pretrained writes a fresh card afterwards
+        self.write_files(directory)
+        header = {"format_version": FORMAT_VERSION, "kind": self.kind, "level": self.level}
+        (directory / CONFIG_JSON).write_text(json.dumps({**header, **self.config}, indent=2, default=str) + "\n")
+        manifest = {**header, "files": _hashed_files(directory)}
+        (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **_: Any,
+    ) -> Bundle:
+        directory = resolve_bundle(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        manifest = verify_bundle(directory)
+        if manifest.get("kind") != cls.kind:
+            raise BundleError(f"{directory / MANIFEST_NAME}: a {manifest.get('kind')!r} bundle, not {cls.kind!r}")
+        stored = _read_json(directory / CONFIG_JSON)
+        config = {k: v for k, v in stored.items() if k not in ("format_version", "kind", "level")}
+        return cls(cls.read_module(directory, config), config)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The model card: what the model predicts, its data and metrics, provenance and intended use."""
+        card = self.card
+        data = ModelCardData(library_name="mvmlm", tags=["mammography", "mvmlm", self.kind])
+        heads = "\n".join(f"- `{head}`: {', '.join(classes)}" for head, classes in self.heads.items()) or "- none"
+        counts = "\n".join(f"| {split} | {n} |" for split, n in card.counts.items())
+        metrics = "\n".join(f"| {name} | {value} |" for name, value in card.metrics.items())
+        prep = self.config.get("preprocessing", {})
+        crop = "cropped to the breast, " if prep.get("crop") else ""
+        body = f"""
+# {card.title}
+
+**{_NOTICE}**
+
+## What it predicts
+{card.predicts or "See the heads below."} Level: one prediction per {self.level}.
+
+Heads and classes (columns `prob_<head>_<class>` of `mvmlm predict`):
+{heads}
+
+## Data
+| split | {"exams" if self.level == "exam" else "breasts"} |
+|---|---|
+{counts or "| (not recorded) | |"}
+
+## Metrics
+Point estimate [patient-bootstrap 95 % CI] where the run computed one.
+
+| metric | value |
+|---|---|
+{metrics or "| (not recorded) | |"}
+
+## Preprocessing
+DICOM -> VOI LUT / window, MONOCHROME1 inverted, chest wall on the left, {crop}resized keeping the aspect ratio
+and padded to {prep.get("height")} x {prep.get("width")} (as `mvmlm preprocess`).
+
+## Use
+```python
+import mvmlm
+model = mvmlm.load_model("path/or/org-name")
+predictions = model.predict(["exam_folder/"])
+```
+or `mvmlm predict --model path/or/org-name --input exam_folder/ --out predictions/`.
+
+## Provenance
+- kind: `{self.kind}`, bundle format {FORMAT_VERSION}
+- command: `{card.command or "not recorded"}`
+- git commit: `{card.commit or "not recorded"}`
+
+## Intended use
+{_NOTICE} Trained and evaluated on the data above only; performance on other populations, devices or
+acquisition protocols is unknown.
+"""
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

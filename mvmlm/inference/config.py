@@ -1,0 +1,70 @@
+"""Configs of ``mvmlm predict``, ``mvmlm embed`` and ``mvmlm push``; torch-free (``--help`` reads only this)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mvmlm.config import MISSING
+
+__all__ = ["InputConfig", "PredictConfig", "EmbedConfig", "PushConfig", "expand_argv"]
+
+
+@dataclass
+class InputConfig:
+    """What is read: DICOM files, folders (searched recursively) or a table, preprocessed as the bundle says."""
+
+    model: str = MISSING  # bundle directory or Hub repo id (org/name; read through the Hub cache)
+    input: list[str] = MISSING  # DICOM files / folders, or a canonical table / `mvmlm preprocess` table.parquet
+    root: str = ""  # a canonical table's image paths are relative to this folder ('' = the table's folder)
+    out: str = MISSING  # output folder
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 ...
+    batch_size: int = 8  # breasts (or exams) per forward pass
+    workers: int = 2  # DataLoader worker processes decoding DICOM while the model runs (0 = in this process)
+    allow_for_processing: bool = False  # FOR PROCESSING images are skipped unless this is true
+    progress: bool = True
+
+
+@dataclass
+class PredictConfig(InputConfig):
+    """``mvmlm predict``: probabilities per breast (and per exam for four-view models)."""
+
+    format: str = "table"  # table (predictions.csv + predictions.parquet) | json (also predictions.json)
+
+
+@dataclass
+class EmbedConfig(InputConfig):
+    """``mvmlm embed``: per-view and per-breast embeddings of the bundle's image tower."""
+
+    out: str = MISSING  # output parquet file
+
+
+@dataclass
+class PushConfig:
+    """``mvmlm push``: upload a bundle (checked first) to a Hugging Face Hub model repository."""
+
+    model: str = MISSING  # bundle directory
+    repo_id: str = MISSING  # org/name
+    private: bool = False
+    commit_message: str = "Upload mvmlm model bundle"  # the token: HF_TOKEN or `hf auth login`, as huggingface_hub
+
+
+def expand_argv(argv: Sequence[str], lists: Sequence[str] = (), switches: Sequence[str] = ()) -> list[str]:
+    """``--input a b c`` -> ``input=["a", "b", "c"]`` for the list flags, ``--private`` -> ``private=true`` for
+    the switches; everything else as given."""
+    out: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name = arg[2:].replace("-", "_") if arg.startswith("--") else ""
+        if name in switches:
+            out.append(f"{name}=true")
+        elif name in lists:
+            values = []
+            while args and not args[0].startswith("-") and "=" not in args[0]:
+                values.append(args.pop(0))
+            out.append(f"{name}={json.dumps(values)}")
+        else:
+            out.append(arg)
+    return out

@@ -1,0 +1,260 @@
+"""``mvmlm predict --model M --input PATH... --out DIR``: class probabilities for new exams from a model bundle.
+
+Images are decoded and preprocessed as the bundle says (:func:`mvmlm.data.dicom.read_mammogram`,
+:func:`mvmlm.data.preprocess.preprocess_image`, then the 16-bit rounding of the image cache, so a DICOM file gives
+exactly the image training read from the cache) by DataLoader workers while the model runs. ``OUT`` gets
+``predictions.csv`` and ``predictions.parquet`` (one row per breast; per exam too for four-view models, ``level``
+says which; columns ``prob_<head>_<class>``) and ``skipped.csv`` (path, reason) for every file not used.
+A breast with one view is predicted with the model's missing-view handling and named in ``missing_views``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mvmlm.bundle import Bundle, load_model
+from mvmlm.data.dicom import read_mammogram
+from mvmlm.data.exams import BREAST_SLOTS, EXAM_SLOTS, build_breasts, build_exams
+from mvmlm.data.preprocess import CACHE_SCALE, PreprocessParams, load_cached, preprocess_image
+from mvmlm.errors import InputError
+from mvmlm.inference.inputs import Inputs, collect
+
+__all__ = [
+    "NothingPredictedError",
+    "cache_values",
+    "Units",
+    "load_units",
+    "ViewsDataset",
+    "collate_views",
+    "resolve_device",
+    "Prediction",
+    "predict_paths",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+SIDES = ("L", "R")
+
+
+class NothingPredictedError(ValueError, InputError):
+    """No image of the input could be used."""
+
+
+def cache_values(image: np.ndarray) -> np.ndarray:
+    """``image`` as the image cache stores and reads it back (16-bit rounding), float32 in [0, 1]."""
+    stored = np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16).astype(np.float32)
+    stored *= 1.0 / CACHE_SCALE
+    return stored
+
+
+@dataclass
+class Units:
+    """What one forward pass item is (a breast or an exam) and the images of each of its slots."""
+
+    rows: pd.DataFrame  # build_breasts / build_exams rows
+    slots: tuple[str, ...]
+    inputs: Inputs
+
+
+def load_units(paths: Sequence[str], level: str, root: str = "") -> Units:
+    """The breasts (``level="breast"``) or exams of ``paths``."""
+    inputs = collect(list(paths), root)
+    if inputs.images.empty:
+        return Units(pd.DataFrame(), (), inputs)
+    if level == "exam":
+        return Units(build_exams(inputs.images), EXAM_SLOTS, inputs)
+    return Units(build_breasts(inputs.images), BREAST_SLOTS, inputs)
+
+
+class ViewsDataset(Dataset):
+    """Items ``{"images": (V, 1, H, W), "mask": (V,), "index", "errors": [(path, reason)]}``: each present slot
+    decoded (or read from the cache) and preprocessed; a file that fails is an error and its slot is missing."""
+
+    def __init__(self, units: Units, params: PreprocessParams, bundle: Bundle, allow_for_processing: bool = False):
+        self.rows = units.rows.reset_index(drop=True)
+        self.slots, self.cached = units.slots, units.inputs.cached
+        self.params, self.transform, self.allow = params, bundle.input_transform, allow_for_processing
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _image(self, row: pd.Series, slot: str) -> torch.Tensor:
+        if self.cached:
+            image = load_cached(row[f"{slot}_cache_path"])
+        else:
+            decoded, _ = read_mammogram(row[f"{slot}_path"], for_processing=self.allow)
+            image = cache_values(preprocess_image(decoded, self.params))
+        return self.transform(torch.from_numpy(image)[None])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index]
+        views: list[torch.Tensor | None] = []
+        errors: list[tuple[str, str]] = []
+        for slot in self.slots:
+            if not row[f"{slot}_present"]:
+                views.append(None)
+                continue
+            try:
+                views.append(self._image(row, slot))
+            except Exception as exc:  # noqa: BLE001 - any per-file failure is recorded in skipped.csv
+                path = str(row[f"{slot}_path"])
+                errors.append((path, str(exc).removeprefix(f"{path}: ")))
+                views.append(None)
+        shape = next((v.shape for v in views if v is not None), None)
+        images = torch.stack([torch.zeros(shape or (1, 1, 1)) if v is None else v for v in views])
+        mask = torch.tensor([v is not None for v in views])
+        return {"images": images, "mask": mask, "index": index, "errors": errors}
+
+
+def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
+    usable = [item for item in items if item["mask"].any()]
+    return {
+        "images": torch.stack([i["images"] for i in usable]) if usable else None,
+        "mask": torch.stack([i["mask"] for i in usable]) if usable else None,
+        "index": [i["index"] for i in usable],
+        "errors": [e for i in items for e in i["errors"]],
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+def _views(slots: Sequence[str], mask: np.ndarray) -> tuple[str, str]:
+    return "+".join(s for s, m in zip(slots, mask, strict=True) if m), "+".join(
+        s for s, m in zip(slots, mask, strict=True) if not m
+    )
+
+
+@dataclass
+class Prediction:
+    predictions: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _rows(bundle: Bundle, units: Units, index: list[int], mask: torch.Tensor, out: dict) -> list[dict]:
+    """Output rows of one batch: per breast (and per exam for exam-level bundles)."""
+    records = []
+    for b, i in enumerate(index):
+        unit, present = units.rows.iloc[i], mask[b].numpy()
+        base = {"dataset": unit["dataset"], "patient_id": unit["patient_id"], "exam_id": unit["exam_id"]}
+        if bundle.level == "breast":
+            used, missing = _views(units.slots, present)
+            record = {
+                "level": "breast",
+                **base,
+                "laterality": unit["laterality"],
+                "views": used,
+                "missing_views": missing,
+            }
+            record |= {
+                f"{s}_image_id": unit[f"{s}_image_id"] if present[k] else None for k, s in enumerate(units.slots)
+            }
+            for head, classes in bundle.heads.items():
+                record |= {f"prob_{head}_{_slug(c)}": float(out[head][b, k]) for k, c in enumerate(classes)}
+            records.append(record)
+            continue
+        used, missing = _views(units.slots, present)
+        exam = {"level": "exam", **base, "laterality": None, "views": used, "missing_views": missing}
+        if "attention" in out:
+            exam |= {f"attention_{s}": float(out["attention"][b, k]) for k, s in enumerate(units.slots)}
+        records.append(exam)
+        for j, side in enumerate(SIDES):
+            slots = [s for s in units.slots if s.startswith(f"{side}_")]
+            side_mask = present[[units.slots.index(s) for s in slots]]
+            if not side_mask.any():
+                continue
+            used, missing = _views([s[2:] for s in slots], side_mask)
+            record = {"level": "breast", **base, "laterality": side, "views": used, "missing_views": missing}
+            record |= {
+                f"{s[2:]}_image_id": unit[f"{s}_image_id"] if m else None for s, m in zip(slots, side_mask, strict=True)
+            }
+            for head, classes in bundle.heads.items():
+                record |= {f"prob_{head}_{_slug(c)}": float(out[head][b, j, k]) for k, c in enumerate(classes)}
+            records.append(record)
+    return records
+
+
+@torch.no_grad()
+def predict_paths(
+    bundle: Bundle,
+    paths: Sequence[str] | str,
+    *,
+    root: str = "",
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    allow_for_processing: bool = False,
+    progress: bool = False,
+) -> Prediction:
+    """Predictions for every breast (and exam) of ``paths`` and the files skipped, with their reasons."""
+    units = load_units([paths] if isinstance(paths, str) else list(paths), bundle.level, root)
+    skipped = list(units.inputs.skipped)
+    records: list[dict] = []
+    if len(units.rows):
+        dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_views)
+        target = resolve_device(device)
+        bundle.module.to(target).eval()
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
+            if batch["index"]:
+                out = bundle.predict_views(batch["images"].to(target), batch["mask"].to(target))
+                out = {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
+                records += _rows(bundle, units, batch["index"], batch["mask"], out)
+    return Prediction(pd.DataFrame(records), pd.DataFrame(skipped, columns=["path", "reason"]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``mvmlm predict``: write predictions.csv / .parquet and skipped.csv into ``out``."""
+    from mvmlm.commands import PREDICT
+    from mvmlm.inference.config import expand_argv
+
+    cfg = PREDICT.parse(
+        expand_argv(sys.argv[1:] if argv is None else argv, lists=["input"], switches=["allow_for_processing"])
+    )
+    bundle = load_model(cfg.model)
+    result = predict_paths(
+        bundle,
+        cfg.input,
+        root=cfg.root,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        allow_for_processing=cfg.allow_for_processing,
+        progress=cfg.progress,
+    )
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.skipped.to_csv(out / "skipped.csv", index=False)
+    if result.predictions.empty:
+        raise NothingPredictedError(
+            f"nothing could be predicted from {', '.join(cfg.input)}: {len(result.skipped)} file(s) skipped "
+            f"(reasons in {out / 'skipped.csv'})"
+        )
+    result.predictions.to_csv(out / "predictions.csv", index=False)
+    result.predictions.to_parquet(out / "predictions.parquet", index=False)
+    if cfg.format == "json":
+        (out / "predictions.json").write_text(result.predictions.to_json(orient="records", indent=1))
+    summary = {"rows": len(result.predictions), "skipped": len(result.skipped), "out": str(out)}
+    log.info("predict: %d row(s) into %s, %d file(s) skipped", summary["rows"], out, summary["skipped"])
+    print(json.dumps(summary))
+    return summary
