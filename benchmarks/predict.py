@@ -23,7 +23,7 @@ from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.exams import build_breasts
 from mvmlm.data.preprocess import PreprocessParams, preprocess_image
 from mvmlm.data.synthetic import write_synthetic
-from mvmlm.inference.predict import cache_values, predict_paths
+from mvmlm.inference.predict import cache_values, forward_threads, predict_paths
 
 TARGET = 1.15
 
@@ -82,6 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     params = PreprocessParams(height=args.size[0], width=args.size[1])
     bundle = _bundle(params, args.encoder)
+    with forward_threads(torch.device("cpu"), args.workers) as threads:
+        pass
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         table = write_synthetic(args.format, root, exams=args.exams, seed=0, height=args.height, width=args.width)
@@ -94,7 +96,8 @@ def main() -> None:
     exams = table["exam_id"].nunique()
     print(
         f"{exams} exams ({len(result.predictions)} breasts), {args.height}x{args.width} DICOM -> {params.height}x"
-        f"{params.width}, {args.encoder}, torch threads {torch.get_num_threads()}"
+        f"{params.width}, {args.encoder}, torch threads {torch.get_num_threads()} (predict's forward beside "
+        f"{args.workers} decoding workers: {threads})"
     )
     print(f"  predict (--workers {args.workers}):        {exams / predict_s:7.2f} exams/s  ({predict_s:.2f} s)")
     print(f"  decode + preprocess + forward (serial): {exams / parts_s:7.2f} exams/s  ({parts_s:.2f} s)")

@@ -274,8 +274,12 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         """The model read back from the files :meth:`write_files` wrote (no download, no pickle)."""
         raise NotImplementedError
 
-    def predict_views(self, images: Any, mask: Any) -> dict[str, Any]:
-        """``images (B, V, 1, H, W)``, ``mask (B, V)`` -> per head class probabilities ``(B, K)`` (breast level) or
+    #: whether it predicts from lesion crops too (``predict --rois FILE.csv``, :mod:`mvmlm.inference.rois`)
+    needs_rois: ClassVar[bool] = False
+
+    def predict_views(self, images: Any, mask: Any, crops: tuple[Any, Any] | None = None) -> dict[str, Any]:
+        """``images (B, V, 1, H, W)``, ``mask (B, V)`` (and for :attr:`needs_rois` the lesion ``crops`` as
+        ``(images, mask)`` of the same shapes) -> per head class probabilities ``(B, K)`` (breast level) or
         ``(B, 2, K)`` (exam level, sides L, R); further entries (e.g. ``attention (B, V)``) are reported too."""
         raise BundleError(f"a {self.kind} bundle does not predict classes; use embed")
 
@@ -318,6 +322,12 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         from mvmlm.inference.embed import embed_paths
 
         return embed_paths(self, paths, **options).embeddings
+
+    def explain(self, paths: Any, **options: Any) -> Any:
+        """Heatmaps of ``paths`` (files, folders, a table): see :func:`mvmlm.inference.explain.explain_paths`."""
+        from mvmlm.inference.explain import explain_paths
+
+        return explain_paths(self, paths, **options)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         directory = Path(save_directory)

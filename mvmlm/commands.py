@@ -84,7 +84,15 @@ PREDICT = Command(
     "and writes OUT/predictions.csv + .parquet (one row per breast; per exam too for four-view models; columns\n"
     "prob_<head>_<class>) and OUT/skipped.csv (file, reason). Research use only, not a medical device.\n\n"
     "  mvmlm predict --model runs/finetune/models/unit --input /data/new_exams --out runs/predict",
-    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("workers", "workers")),
+    flags=(
+        ("model", "model"),
+        ("input", "input"),
+        ("out", "out"),
+        ("device", "device"),
+        ("workers", "workers"),
+        ("rois", "rois"),
+        ("root", "root"),
+    ),
 )
 EMBED = Command(
     name="embed",
@@ -104,4 +112,27 @@ PUSH = Command(
     description="  mvmlm push --model runs/finetune/models/unit --repo-id ORG/NAME [--private]\n"
     "The token comes from HF_TOKEN or `hf auth login`.",
     flags=(("model", "model"), ("repo-id", "repo_id")),
+)
+EXPLAIN = Command(
+    name="explain",
+    summary="heatmaps per view (Grad-CAM, Grad-CAM++, MV-CLIP text-prompt maps) for new DICOM exams",
+    main="mvmlm.inference.explain:main",
+    config="mvmlm.inference.explain_config:ExplainConfig",
+    description="Reads exams as `mvmlm predict` does and writes, per view, the heatmap OUT/<unit>_<slot>.npy (H x W\n"
+    "in [0, 1], preprocessed image pixels) and its overlay .png, listed in OUT/explanations.csv (target class or\n"
+    "prompt, score, four-view attention weight). Classifier bundles: Grad-CAM on the encoder's last feature map;\n"
+    "MV-CLIP bundles: similarity to prompt=TEXT. Research use only, not a medical device.\n\n"
+    "  mvmlm explain --model runs/finetune/models/unit --input /data/new_exams --out runs/explain method=gradcam++",
+    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("prompt", "prompt")),
+)
+EXPORT = Command(
+    name="export",
+    summary="a bundle's image tower (with its head) as ONNX, checked against PyTorch with onnxruntime",
+    main="mvmlm.inference.export:main",
+    config="mvmlm.inference.export_config:ExportConfig",
+    description="Writes OUT/model.onnx (input images (N, 1, H, W) preprocessed as `mvmlm predict` does, dynamic N;\n"
+    "fine-tuned classifiers: per-view embedding and logits, MV-CLIP: the image embedding) and OUT/export.json with\n"
+    "the max abs difference to PyTorch. Needs: pip install 'mvmlm[export]'.\n\n"
+    "  mvmlm export --model runs/finetune/models/unit --out runs/export",
+    flags=(("model", "model"), ("out", "out"), ("format", "format")),
 )

@@ -96,10 +96,11 @@ class Timer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 1)
-        print(f"[{name}: {self.seconds[name]:.1f} s]")
+        # CPU time too: on a machine shared with other work, wall time says little about an idle one
+        print(f"[{name}: {self.seconds[name]:.1f} s, {time.process_time() - cpu:.1f} s CPU]")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -301,8 +302,12 @@ def _check(stage: str, claim: str, value: float, low: float, high: float, chance
     ok, words = verdict.ok, verdict.words
     if baseline is not None:
         name, reference = baseline
-        ok = ok and value > reference
-        words += f"; {'above' if value > reference else 'NOT above'} {name} ({fmt(reference)})"
+        if value > reference:
+            words += f"; above {name} ({fmt(reference)})"
+        elif ok:
+            ok, words = False, f"signal NOT shown: above chance ({chance:.3f}), but NOT above {name} ({fmt(reference)})"
+        else:
+            words += f"; NOT above {name} ({fmt(reference)})"
     return {"stage": stage, "claim": claim, "value": fmt_ci(value, low, high), "ok": bool(ok), "words": words}
 
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvmlm.data.exams import BreastDataset, build_breasts
+from mvmlm.data.leakage import check_patient_splits
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.data.transforms import AugmentConfig, RandomAffine, derive_seed
 from mvmlm.losses import text_group_ids
@@ -59,8 +60,13 @@ def load_breasts(table: str | Path, split: str, reports: dict[str, list[str]]) -
 
     Adds ``breast_id`` and ``reports`` (the list of variants). Breasts without a report are left out with a
     warning, so a corpus written for a subset of the data can be used.
+
+    Raises:
+        SplitError: a patient with images in two splits (validation would see what training saw).
     """
-    breasts = build_breasts(read_cached_table(table))
+    images = read_cached_table(table)
+    check_patient_splits(images, str(table))
+    breasts = build_breasts(images)
     breasts = breasts[breasts["split"] == split].reset_index(drop=True)
     has_report = breasts["breast_id"].isin(reports)
     if (~has_report).any():

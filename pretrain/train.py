@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mvmlm.bundle import ModelCardInfo, bundle_config, preprocessing_of
-from mvmlm.config import config_to_dict
+from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.losses import MultiViewClipLoss
 from mvmlm.models.mvclip import MVCLIP, MVCLIPBundle
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
@@ -38,7 +38,16 @@ from pretrain.data import PretrainDataset, load_breasts, make_loader, read_repor
 from pretrain.evaluate import Evaluator
 from pretrain.step import ContrastiveStep
 
-__all__ = ["DeviceTextEncoder", "Pretraining", "global_batch", "setup", "clamp_logit_scale", "pretrain", "main"]
+__all__ = [
+    "DeviceTextEncoder",
+    "Pretraining",
+    "global_batch",
+    "setup",
+    "clamp_logit_scale",
+    "check_image_size",
+    "pretrain",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +180,21 @@ def save_model(cfg: PretrainConfig, job: Pretraining, results: dict, preprocessi
     MVCLIPBundle(job.model, config).save_pretrained(run.file(MODEL_DIR))
 
 
+def check_image_size(cfg: PretrainConfig, preprocessing: dict) -> None:
+    """The model's input size must be the cache's image size (pretraining reads the cached images as they are)."""
+    cached = [preprocessing["height"], preprocessing["width"]]
+    if list(cfg.model.image.image_size) != cached:
+        raise ConfigError(
+            f"key 'model.image.image_size': {list(cfg.model.image.image_size)}, but the images of data.table="
+            f"{cfg.data.table} are cached at {cached} (height, width); set "
+            f"model.image.image_size=[{cached[0]},{cached[1]}] or preprocess at that size"
+        )
+
+
 def pretrain(cfg: PretrainConfig, engine: Engine, run: RunDir, evaluate_before: bool = True) -> dict:
     """Train, evaluate before (``evaluate_before``) and after, save ``<out>/model``; returns the results dict."""
     preprocessing = preprocessing_of(cfg.data.table)  # before training: a table without one fails at once
+    check_image_size(cfg, preprocessing)
     job = setup(cfg, engine)
     results: dict = {"global_batch": global_batch(cfg, engine)}
     if evaluate_before:
@@ -218,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = Engine(cfg.train, cfg.optim, cfg.out, hparams=config_to_dict(cfg), name="pretrain")
     fresh = engine.resume_from is None
     try:
-        run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process)
+        run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process, resume=cfg.train.resume)
         results = pretrain(cfg, engine, run, evaluate_before=fresh)
         if engine.is_main_process:
             run.write_metrics(results)

@@ -20,9 +20,8 @@ import pandas as pd
 
 from mvmlm.config import ConfigError, DataConfig
 from mvmlm.data.exams import build_breasts
-from mvmlm.data.ids import patient_keys
+from mvmlm.data.leakage import SplitError, check_patient_splits
 from mvmlm.data.preprocess import read_cached_table
-from mvmlm.errors import InputError
 
 __all__ = [
     "Task",
@@ -35,10 +34,6 @@ __all__ = [
     "sample_fraction",
     "SplitError",
 ]
-
-
-class SplitError(ValueError, InputError):
-    """A table's splits cannot serve an evaluation: a patient in two splits, or a configured split is empty."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +115,6 @@ def get_tasks(names: Sequence[str], classes: dict[str, list[str]] | None = None)
     if not names:
         raise ConfigError("no tasks given")
     return [get_task(name, classes.get(name)) for name in names]
-
-
-def check_patient_splits(table: pd.DataFrame, source: str = "table") -> None:
-    """Raise :class:`SplitError` naming the patients whose rows (images or breasts) lie in more than one split."""
-    patients = patient_keys(table)
-    spread = table.groupby(patients)["split"].nunique()
-    leaking = sorted(spread[spread > 1].index)
-    if leaking:
-        raise SplitError(
-            f"{source}: {len(leaking)} patient(s) have images in more than one split (e.g. {', '.join(leaking[:3])}); "
-            "re-split by patient (mvmlm.data.splits.patient_split)"
-        )
 
 
 def load_breasts(cfg: DataConfig) -> pd.DataFrame:

@@ -16,15 +16,28 @@ benign vs malignant. One stream (the ablations) skips the fusion::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from downstream.dual_stream.config import STREAMS, MammoMambaModelConfig
+from downstream.dual_stream.config import STREAMS, MammoMambaConfig, MammoMambaModelConfig
+from mvmlm import checkpoint
+from mvmlm.bundle import Bundle
 from mvmlm.models.image_encoders import create_image_encoder
 
-__all__ = ["STREAMS", "MammoMambaModelConfig", "ViewStream", "GatedStreamFusion", "MammoMamba"]
+__all__ = [
+    "STREAMS",
+    "MammoMambaModelConfig",
+    "ViewStream",
+    "GatedStreamFusion",
+    "MammoMamba",
+    "DualStreamBundle",
+    "load_dual_stream",
+]
 
 
 class ViewStream(nn.Module):
@@ -120,3 +133,41 @@ class MammoMamba(nn.Module):
         if "fusion_gate" in out:
             values["fusion"] = out["fusion_gate"].float().mean(-1)
         return values
+
+
+def load_dual_stream(directory: str | Path) -> tuple[MammoMamba, MammoMambaConfig]:
+    """The model saved in a run's ``best/`` (``model.safetensors`` + ``config.yaml``), in eval mode, and its config."""
+    cfg = checkpoint.load_checkpoint_config(directory, MammoMambaConfig)
+    model = MammoMamba(cfg.model)
+    model.load_state_dict(checkpoint.load_weights(directory))
+    return model.eval(), cfg
+
+
+class DualStreamBundle(Bundle):
+    """The dual-stream classifier as a bundle: a breast's CC and MLO whole images (and, with the crop stream, their
+    lesion crops: ``mvmlm predict --rois FILE.csv``) -> benign / malignant probabilities."""
+
+    kind = "dual-stream"
+    level = "breast"
+
+    @property
+    def needs_rois(self) -> bool:  # type: ignore[override]
+        return "crop" in self.module.stream_names
+
+    def write_files(self, directory: Path) -> None:
+        checkpoint.save_checkpoint(directory, self.module.state_dict(), OmegaConf.create(self.config["model"]))
+
+    @classmethod
+    def read_module(cls, directory: Path, config: dict) -> MammoMamba:
+        return load_dual_stream(directory)[0]
+
+    def input_transform(self, image: Tensor) -> Tensor:
+        """Resized to the network input, as the evaluation's loader (``DualStreamDataset``) does."""
+        size = tuple(self.config["model"]["data"]["image_size"])
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def predict_views(self, images: Tensor, mask: Tensor, crops: tuple[Tensor, Tensor] | None = None) -> dict:
+        inputs = {"whole": (images, mask), **({"crop": crops} if crops is not None else {})}
+        out = self.module({s: inputs[s] for s in self.module.stream_names})
+        (head,) = self.heads
+        return {head: out["logits"].float().softmax(dim=-1)}

@@ -11,7 +11,8 @@ gathers the predictions of every process): AdamW, warmup + cosine, cross-entropy
 ``val/auc`` weights are kept and restored; ``train.resume=latest`` continues an interrupted run with the same
 batches. The run directory (written by the main process) holds ``config.yaml``, ``train_log.jsonl`` (per step),
 ``val_log.jsonl`` (validation AUC, SeqMoE and fusion gate mean / std per evaluation: constant gates =
-saturation), ``best/`` (``model.safetensors`` + ``config.yaml``), ``checkpoints/``, ``results.csv`` /
+saturation), ``best/`` (a bundle: ``model.safetensors`` + ``config.yaml``, ``config.json``, ``manifest.json`` and a
+model card, read by ``mvmlm.load_model``; ``mvmlm predict --rois``), ``checkpoints/``, ``results.csv`` /
 ``predictions.parquet`` / ROC plots (via :mod:`mvmlm.evaluation`), ``gates_<split>.png`` (per-breast gate values of
 every SeqMoE block) and ``metrics.json`` with AUC, accuracy, F1, sensitivity and specificity, each with a
 patient-bootstrap 95 % CI.
@@ -28,7 +29,8 @@ from downstream.dual_stream import COMMAND
 from downstream.dual_stream.config import MammoMambaConfig
 from downstream.dual_stream.data import load_breasts, make_loader
 from downstream.dual_stream.evaluate import binary_metrics, plot_gates, predict
-from downstream.dual_stream.model import MammoMamba
+from downstream.dual_stream.model import DualStreamBundle, MammoMamba
+from mvmlm.bundle import BundleError, ModelCardInfo, bundle_config, format_ci, preprocessing_of
 from mvmlm.checkpoint import CONFIG_NAME, load_weights
 from mvmlm.config import ConfigError, config_to_dict, config_to_yaml
 from mvmlm.errors import InputError
@@ -104,6 +106,7 @@ def train(cfg: MammoMambaConfig, engine: Engine, run: RunDir) -> dict:
     if not engine.is_main_process:
         return {}
     results = report(run, evaluations, keys=["model", "split"], series_key="model", n_resamples=cfg.bootstrap)
+    save_bundle(cfg, model, run, {name: len(rows) for name, rows in splits.items()}, results["results"])
     return {
         "best_val_auc": fit.best["score"],
         "best": fit.best,
@@ -120,12 +123,30 @@ def train(cfg: MammoMambaConfig, engine: Engine, run: RunDir) -> dict:
     }
 
 
+def save_bundle(cfg: MammoMambaConfig, model: MammoMamba, run: RunDir, counts: dict, records: list[dict]) -> None:
+    """``best/`` as a bundle whose card holds the breasts per split and the AUC (with its CI) of each split."""
+    card = ModelCardInfo.from_run(
+        run.path,
+        title=f"mvmlm dual-stream classifier ({'+'.join(model.stream_names)}, {cfg.model.backbone})",
+        predicts="From a breast's CC and MLO views (whole images and lesion crops), benign vs malignant.",
+        counts=counts,
+        metrics={f"{r['split']} AUC": format_ci(r["auc"], r.get("auc_low"), r.get("auc_high")) for r in records},
+    )
+    try:
+        preprocessing = preprocessing_of(cfg.data.table)
+    except BundleError as exc:  # a cache made without `mvmlm preprocess`: the run's results stand, best/ loads as is
+        log.warning("best/ is saved without the bundle files (mvmlm.load_model, predict): %s", exc)
+        return
+    config = bundle_config(config_to_dict(cfg), {"pathology": list(CLASS_NAMES)}, preprocessing, card)
+    DualStreamBundle(model, config).save_pretrained(run.file(BEST_DIR))
+
+
 def main(argv: list[str] | None = None) -> dict:
     """``mvmlm dual-stream``: train and evaluate the Mammo-Mamba dual-stream model; the metrics (metrics.json)."""
     cfg = COMMAND.parse(argv)
     _check(cfg)
     engine = Engine(cfg.train, cfg.optim, cfg.out, hparams=config_to_dict(cfg), name="dual-stream")
-    run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process)
+    run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process, resume=cfg.train.resume)
     try:
         metrics = train(cfg, engine, run)
     finally:

@@ -208,7 +208,7 @@ def train(cfg: MultiviewConfig) -> dict[str, Any]:
     _check(cfg)
     resolve_resume(cfg.train.resume, Path(cfg.out) / CHECKPOINTS_DIR)  # refuse before config.yaml is overwritten
     engine = Engine(cfg.train, cfg.optim, cfg.out, hparams=config_to_dict(cfg), name="multiview")
-    run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process)
+    run = RunDir.create(cfg.out, cfg, main_process=engine.is_main_process, resume=cfg.train.resume)
     try:
         splits = load_splits(cfg.data, cfg.task, cfg.eval.splits)
         classes = num_classes(cfg.task)

@@ -45,7 +45,13 @@ class HazardConfig:
 
 @dataclass
 class RiskModelsConfig:
+    """What each model sees and how its risks are calibrated. ``inputs``: ``image`` (the exam embedding),
+    ``clinical`` (the ``covariates`` only) or ``combined`` (both); every model kind runs on every input."""
+
     max_followup: int = 5  # Mirai: cumulative 1..T-year risk
+    covariates: list[str] = field(default_factory=list)  # canonical-table columns, e.g. [age, density]
+    inputs: list[str] = field(default_factory=lambda: ["image"])
+    calibration: str = "isotonic"  # per horizon, fitted on validation: isotonic | platt | none
     coxnet: CoxnetConfig = field(default_factory=CoxnetConfig)
     hazard: HazardConfig = field(default_factory=HazardConfig)
 

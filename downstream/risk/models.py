@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.preprocessing import StandardScaler
@@ -31,6 +32,9 @@ from mvmlm.training import Engine, Loss
 __all__ = [
     "RiskSplit",
     "RiskModel",
+    "Standardizer",
+    "CoxnetModel",
+    "HazardModel",
     "RISK_MODELS",
     "fit_risk_model",
     "AdditiveHazardHead",
@@ -44,13 +48,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RiskSplit:
-    """Exams of one split: ``features (n, d)``, follow-up in float years, exam and patient ids."""
+    """Exams of one split: image ``features (n, d)``, follow-up in float years, exam and patient ids, and the raw
+    clinical covariates (one column each, :mod:`downstream.risk.covariates`)."""
 
     features: np.ndarray
     years_to_cancer: np.ndarray
     years_to_last_followup: np.ndarray
     exam_ids: list[str]
     patients: list[str]
+    clinical: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.exam_ids)
@@ -62,6 +68,14 @@ class RiskSplit:
 
 class RiskModel(Protocol):
     def predict(self, features: np.ndarray) -> RiskScores: ...
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything the model needs to predict, as named arrays (a bundle's safetensors file)."""
+        ...
+
+    def architecture(self) -> dict:
+        """The plain-JSON sizes that rebuild the model from :meth:`arrays` (``from_arrays(arrays, architecture)``)."""
+        ...
 
 
 #: ``fit(train, val, cfg, workdir) -> RiskModel``: fitted on ``train``, capacity chosen on ``val``; ``workdir`` is
@@ -88,49 +102,85 @@ def _check_events(split: RiskSplit, name: str, what: str) -> None:
 
 
 @dataclass
+class Standardizer:
+    """Features standardised with the training mean and standard deviation (plain arrays, saved in bundles)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Standardizer:
+        scaler = StandardScaler().fit(features)  # NaN-aware statistics; zero-variance columns get scale 1
+        return cls(scaler.mean_.astype(float), scaler.scale_.astype(float))
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, dtype=float) - self.mean) / self.scale
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"scaler.mean": self.mean, "scaler.scale": self.scale}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Standardizer:
+        return cls(np.asarray(arrays["scaler.mean"], float), np.asarray(arrays["scaler.scale"], float))
+
+
+@dataclass
 class CoxnetModel:
-    scaler: StandardScaler
-    model: object  # a fitted sksurv CoxnetSurvivalAnalysis
-    alpha: float
-    max_followup: int
+    """A fitted penalised Cox model as plain arrays: ``risk = standardised x @ coef`` and the cumulative risk
+    ``1 - exp(-H0(k) exp(risk))`` with the Breslow baseline cumulative hazard ``H0`` at years ``1..T``."""
+
+    scaler: Standardizer
+    coef: np.ndarray
+    baseline_hazard: np.ndarray
 
     def predict(self, features: np.ndarray) -> RiskScores:
-        x = self.scaler.transform(features)
-        risk = self.model.predict(x, alpha=self.alpha)
-        survival = self.model.predict_survival_function(x, alpha=self.alpha)
-        years = np.arange(1, self.max_followup + 1, dtype=float)
-        domain_end = survival[0].domain[1]
-        probs = np.stack([1.0 - fn(np.minimum(years, domain_end)) for fn in survival])
+        risk = self.scaler(features) @ self.coef
+        probs = 1.0 - np.exp(-self.baseline_hazard[None, :] * np.exp(risk)[:, None])
         return RiskScores(probs=probs, risk=risk)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**self.scaler.arrays(), "coef": self.coef, "baseline_hazard": self.baseline_hazard}
+
+    def architecture(self) -> dict:
+        return {"in_dim": int(self.coef.size), "max_followup": int(self.baseline_hazard.size)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], config: dict) -> CoxnetModel:
+        return cls(Standardizer.from_arrays(arrays), np.asarray(arrays["coef"]), np.asarray(arrays["baseline_hazard"]))
 
 
 @RISK_MODELS.register("coxnet")
 def fit_coxnet(train: RiskSplit, val: RiskSplit, cfg: RiskConfig, workdir: Path) -> CoxnetModel:
     """Fit the Coxnet path on standardised ``train`` features; keep the alpha with the best ``val`` Harrell's C."""
     from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sksurv.linear_model.coxph import BreslowEstimator
     from sksurv.util import Surv
 
     _check_events(train, "coxnet", "training")
     c = cfg.risk.coxnet
-    scaler = StandardScaler().fit(train.features)
+    scaler = Standardizer.fit(train.features)
     event, time = survival_arrays(*train.follow_up)
     model = CoxnetSurvivalAnalysis(
         n_alphas=c.n_alphas,
         alpha_min_ratio=c.alpha_min_ratio,
         l1_ratio=c.l1_ratio,
         max_iter=c.max_iter,
-        fit_baseline_model=True,
     )
-    model.fit(scaler.transform(train.features), Surv.from_arrays(event=event, time=np.maximum(time, 1e-3)))
+    time = np.maximum(time, 1e-3)
+    x_train = scaler(train.features)
+    model.fit(x_train, Surv.from_arrays(event=event, time=time))
     val_event, val_time = survival_arrays(*val.follow_up)
-    x_val = scaler.transform(val.features)
+    x_val = scaler(val.features)
     scores = []
-    for alpha in model.alphas_:
-        risk = model.predict(x_val, alpha=alpha)
+    for coef in model.coef_.T:
+        risk = x_val @ coef
         scores.append(harrell_c(val_event, val_time, risk) if val_event.any() and np.ptp(risk) > 0 else -np.inf)
     best = int(np.argmax(scores))
     log.info("coxnet: alpha %.4g of %d (validation Harrell C %.3f)", model.alphas_[best], len(scores), scores[best])
-    return CoxnetModel(scaler, model, float(model.alphas_[best]), cfg.risk.max_followup)
+    coef = np.asarray(model.coef_[:, best], dtype=float)
+    baseline = BreslowEstimator().fit(x_train @ coef, event, time).cum_baseline_hazard_
+    years = np.arange(1, cfg.risk.max_followup + 1, dtype=float)
+    return CoxnetModel(scaler, coef, baseline(np.minimum(years, baseline.x[-1])))
 
 
 # ---------------------------------------------------------------------------------------------- (b) hazard head
@@ -169,23 +219,48 @@ def masked_bce(logits: Tensor, y_seq: Tensor, y_mask: Tensor) -> Tensor:
 
 @dataclass
 class HazardModel:
-    scaler: StandardScaler
+    scaler: Standardizer
     head: AdditiveHazardHead
 
     @torch.no_grad()
     def predict(self, features: np.ndarray) -> RiskScores:
         self.head.eval()
-        x = torch.as_tensor(self.scaler.transform(features), dtype=torch.float32)
+        x = torch.as_tensor(self.scaler(features), dtype=torch.float32)
         probs = torch.sigmoid(self.head(x)).numpy().astype(float)
         return RiskScores(probs=probs, risk=probs[:, -1])
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        head = {f"head.{k}": v.detach().cpu().numpy() for k, v in self.head.state_dict().items()}
+        return {**self.scaler.arrays(), **head}
 
-def _dataset(split: RiskSplit, scaler: StandardScaler, max_followup: int) -> tuple[TensorDataset, list[str]]:
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], config: dict) -> HazardModel:
+        """``config``: ``in_dim``, ``max_followup``, ``hidden``, ``dropout`` of the head."""
+        head = AdditiveHazardHead(config["in_dim"], config["max_followup"], config["hidden"], config["dropout"])
+        state = {
+            k.removeprefix("head."): torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith("head.")
+        }
+        head.load_state_dict(state)
+        return cls(Standardizer.from_arrays(arrays), head)
+
+    def architecture(self) -> dict:
+        """What :meth:`from_arrays` needs besides the arrays."""
+        linear = self.head.hazard
+        hidden = self.head.body[0].out_features if isinstance(self.head.body[0], nn.Linear) else 0
+        return {
+            "in_dim": int(self.scaler.mean.size),
+            "max_followup": linear.out_features,
+            "hidden": hidden,
+            "dropout": float(self.head.body[-1].p),
+        }
+
+
+def _dataset(split: RiskSplit, scaler: Standardizer, max_followup: int) -> tuple[TensorDataset, list[str]]:
     """``(row, x, y_seq, y_mask)`` of the exams with a label for at least one year, and their exam ids."""
     labels = mirai_labels(*split.follow_up, max_followup=max_followup)
     keep = np.flatnonzero(labels.keep)
     features = split.features[keep]
-    x = torch.as_tensor(scaler.transform(features) if len(keep) else features, dtype=torch.float32)
+    x = torch.as_tensor(scaler(features), dtype=torch.float32)
     y, mask = torch.as_tensor(labels.y_seq[keep]), torch.as_tensor(labels.y_mask[keep])
     return TensorDataset(torch.arange(len(keep)), x, y, mask), [split.exam_ids[i] for i in keep]
 
@@ -196,7 +271,7 @@ def fit_hazard_head(train: RiskSplit, val: RiskSplit, cfg: RiskConfig, workdir: 
     ``data.batch_size``); keep the weights with the lowest validation loss (the final ones without validation
     labels)."""
     _check_events(train, "hazard", "training")
-    scaler = StandardScaler().fit(train.features)
+    scaler = Standardizer.fit(train.features)
     years, h = cfg.risk.max_followup, cfg.risk.hazard
     data, ids = _dataset(train, scaler, years)
     _, xv, yv, mv = _dataset(val, scaler, years)[0].tensors

@@ -1,14 +1,16 @@
-"""Risk figures: calibration of the k-year risk against Kaplan-Meier incidence, and Kaplan-Meier curves of the exams
+"""Risk figures: calibration of the k-year risk against Kaplan-Meier incidence per risk decile (before and after
+calibration, a panel per horizon), and Kaplan-Meier curves of the exams
 grouped by quartile of predicted risk."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["km_incidence", "plot_calibration", "plot_km_by_quartile"]
+__all__ = ["km_incidence", "groups_by_quantile", "plot_calibration", "plot_km_by_quartile"]
 
 
 def km_incidence(event: np.ndarray, time: np.ndarray, at: float) -> float:
@@ -29,34 +31,28 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _groups(score: np.ndarray, n_groups: int) -> np.ndarray:
+def groups_by_quantile(score: np.ndarray, n_groups: int) -> np.ndarray:
     """Group index 0..n_groups-1 per row by quantile of ``score`` (ties share a group)."""
     ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable")
     return (ranks * n_groups // max(len(score), 1)).astype(int)
 
 
-def plot_calibration(
-    path: str | Path,
-    probs: np.ndarray,
-    event: np.ndarray,
-    time: np.ndarray,
-    years: Sequence[int],
-    bins: int = 5,
-    title: str = "",
-) -> Path:
-    """Mean predicted k-year risk against observed Kaplan-Meier k-year incidence in ``bins`` risk groups."""
+def plot_calibration(path: str | Path, deciles: Mapping[str, pd.DataFrame], title: str = "") -> Path:
+    """Mean predicted k-year risk against the observed Kaplan-Meier k-year incidence per risk decile, one panel per
+    year; ``deciles``: curve label (``raw``, ``calibrated``) -> :func:`downstream.risk.calibration.decile_table`."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.6 * len(years), 3.6), layout="constrained")
+    years = sorted(set().union(*(set(t["year"]) for t in deciles.values())))
+    fig = Figure(figsize=(3.2 * len(years), 3.4), layout="constrained")
     for ax, year in zip(np.atleast_1d(fig.subplots(1, len(years))), years, strict=True):
-        risk = probs[:, year - 1]
-        group = _groups(risk, bins)
-        predicted = [risk[group == g].mean() for g in range(bins) if (group == g).any()]
-        observed = [km_incidence(event[group == g], time[group == g], year) for g in range(bins) if (group == g).any()]
-        top = max([*predicted, *observed, 1e-3]) * 1.05
-        ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.plot(predicted, observed, marker="o")
+        top = 1e-3
+        for label, table in deciles.items():
+            rows = table[table["year"] == year]
+            ax.plot(rows["expected"], rows["observed"], marker="o", ms=3, label=label)
+            top = max(top, rows["expected"].max(), rows["observed"].max())
+        ax.plot([0, top * 1.05], [0, top * 1.05], color="grey", lw=0.8, ls="--")
         ax.set(xlabel=f"predicted {year}-year risk", ylabel=f"observed {year}-year incidence (KM)", title=title)
+        ax.legend(fontsize="small")
     return _save(fig, path)
 
 
@@ -69,7 +65,7 @@ def plot_km_by_quartile(
 
     fig = Figure(figsize=(4.5, 3.6), layout="constrained")
     ax = fig.subplots()
-    group = _groups(risk, 4)
+    group = groups_by_quantile(risk, 4)
     for g in range(4):
         rows = group == g
         if rows.any():

@@ -4,21 +4,28 @@ Every exam (four views L-CC, L-MLO, R-CC, R-MLO; missing views skipped) is embed
 embeddings of an encoder (an MV-MLM checkpoint, a fine-tuned tower saved in the same format, or a timm baseline;
 see :mod:`downstream.common.embed`). Follow-up comes from ``years_to_cancer`` / ``years_to_last_followup`` in Mirai's
 conventions (:mod:`downstream.risk.metrics`). Each configured model (:data:`downstream.risk.models.RISK_MODELS`:
-``coxnet``, ``hazard``) is fitted on the training split, tuned on the validation split and scored on the test split;
-the hazard head trains on the one engine (``optim``, ``train``, ``data.batch_size``; its logs in ``hazard/``)::
+``coxnet``, ``hazard``) runs on each of ``risk.inputs`` (``image``; ``clinical``: the ``risk.covariates`` only;
+``combined``: both, :mod:`downstream.risk.covariates`); it is fitted on the training split, tuned and calibrated per
+horizon on the validation split (:mod:`downstream.risk.calibration`) and scored on the test split; the hazard head
+trains on the one engine (``optim``, ``train``, ``data.batch_size``; its logs in ``<model>/``)::
 
-    mvmlm risk --config configs/risk/embed.yaml \\
-        data.table=cache/1520x912-xxxx/table.parquet encoder.checkpoint=runs/pretrain/model
+    mvmlm risk --config configs/risk/embed.yaml \
+        data.table=cache/1520x912-xxxx/table.parquet encoder.checkpoint=runs/pretrain/model \
+        "risk.covariates=[age,density]" "risk.inputs=[image,clinical,combined]"
 
-The run directory holds ``config.yaml``, ``provenance.json``, ``log.txt``, ``metrics.json`` (every metric with its
-bootstrap 95 % CI), ``results.csv`` / ``results.md`` (one row per model), ``risk_<model>.csv`` (Mirai's output
-layout: ``patient_exam_id`` = ``patient_id<TAB>exam_id``, ``1_year_risk`` .. ``5_year_risk``), and
+A model is named ``coxnet`` (image input) or ``coxnet_clinical`` / ``coxnet_combined``. The run directory holds
+``config.yaml``, ``provenance.json``, ``log.txt``, ``metrics.json`` (every metric with its bootstrap 95 % CI, and
+the paired ``differences`` combined - clinical), ``results.csv`` / ``results.md`` (discrimination, calibration before
+/ after, differences), ``risk_<model>.csv`` (calibrated risks in Mirai's output layout: ``patient_exam_id`` =
+``patient_id<TAB>exam_id``, ``1_year_risk`` .. ``5_year_risk``), ``calibration_<model>.csv`` (observed vs expected
+per year and risk decile, raw and calibrated), ``models/<model>/`` (a bundle: ``mvmlm.load_model``), and
 ``plots/calibration_<model>.png`` and ``plots/km_quartiles_<model>.png``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -28,18 +35,22 @@ from accelerate import PartialState
 from downstream.common.embed import image_embeddings, pool_views
 from downstream.common.tasks import check_patient_splits
 from downstream.risk import COMMAND
+from downstream.risk.bundle import INPUTS, RiskPredictor, save_risk_bundle
+from downstream.risk.calibration import CALIBRATORS, Calibrator, calibration_metrics, decile_table, fit_calibrator
 from downstream.risk.config import RiskConfig
-from downstream.risk.metrics import risk_metrics, survival_arrays
+from downstream.risk.covariates import CovariateEncoder, exam_covariates
+from downstream.risk.metrics import RiskScores, paired_difference, risk_metrics, survival_arrays
 from downstream.risk.models import RISK_MODELS, RiskSplit, fit_risk_model
 from downstream.risk.plots import plot_calibration, plot_km_by_quartile
-from mvmlm.config import ConfigError
+from mvmlm.bundle import ModelCardInfo, format_ci, preprocessing_of
+from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.data.exams import EXAM_SLOTS, build_exams
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
 from mvmlm.training.runs import open_run
 
-__all__ = ["FOLLOW_UP", "exam_follow_up", "load_risk_splits", "run_risk", "main"]
+__all__ = ["FOLLOW_UP", "exam_follow_up", "load_risk_splits", "fit_predictor", "run_risk", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,7 @@ def load_risk_splits(cfg: RiskConfig) -> dict[str, RiskSplit]:
     if (~known).any():
         log.info("risk: %d of %d exams have no follow-up and are left out", int((~known).sum()), len(exams))
     exams = exams[known].reset_index(drop=True)
+    clinical = exam_covariates(table, exams, cfg.risk.covariates, str(cfg.data.table))
     features = _exam_features(exams, table, cfg)
     splits = {}
     for role, name in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
@@ -106,6 +118,7 @@ def load_risk_splits(cfg: RiskConfig) -> dict[str, RiskSplit]:
             years_to_last_followup=part["years_to_last_followup"].to_numpy(float),
             exam_ids=[f"{p}\t{e}" for p, e in zip(part.patient_id, part.exam_id, strict=True)],
             patients=[f"{d}/{p}" for d, p in zip(part.dataset, part.patient_id, strict=True)],
+            clinical=clinical.iloc[rows].reset_index(drop=True),
         )
     return splits
 
@@ -117,6 +130,13 @@ def _check(cfg: RiskConfig) -> None:
     bad = [t for t in cfg.auc_times if not 0 < t <= cfg.risk.max_followup]
     if bad:
         raise ConfigError(f"key 'auc_times': {bad} outside (0, risk.max_followup={cfg.risk.max_followup}]")
+    unknown = [i for i in cfg.risk.inputs if i not in INPUTS]
+    if unknown or not cfg.risk.inputs:
+        raise ConfigError(f"key 'risk.inputs': {unknown or 'empty'}; known: {', '.join(INPUTS)}")
+    if set(cfg.risk.inputs) - {"image"} and not cfg.risk.covariates:
+        raise ConfigError("key 'risk.covariates': empty, but risk.inputs asks for clinical / combined models")
+    if cfg.risk.calibration not in CALIBRATORS:
+        raise ConfigError(f"key 'risk.calibration': {cfg.risk.calibration!r}; known: {', '.join(CALIBRATORS)}")
     if cfg.data.augment.enabled:
         raise ConfigError(
             "key 'data.augment.enabled': risk models fit on embeddings of the unaugmented images; set it to false"
@@ -126,54 +146,149 @@ def _check(cfg: RiskConfig) -> None:
 def _cell(m: dict[str, float]) -> str:
     if np.isnan(m["value"]):
         return "nan"
-    return f"{m['value']:.3f}" if np.isnan(m["low"]) else f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+    return format_ci(m["value"], m["low"], m["high"])
+
+
+def fit_predictor(name: str, inputs: str, splits: dict[str, RiskSplit], cfg: RiskConfig, workdir) -> RiskPredictor:
+    """Model ``name`` on ``inputs`` fitted on train, tuned and calibrated on validation."""
+    train, val = splits["train"], splits["val"]
+    covariates = CovariateEncoder.fit(train.clinical) if inputs != "image" else CovariateEncoder([])
+    predictor = RiskPredictor(None, Calibrator("none", []), inputs, covariates)
+
+    def view(split: RiskSplit) -> RiskSplit:
+        return replace(split, features=predictor.features(split.features, split.clinical))
+
+    predictor.model = fit_risk_model(name, view(train), view(val), cfg, workdir)
+    raw = predictor.model.predict(view(val).features)
+    predictor.calibrator = fit_calibrator(raw.probs, *survival_arrays(*val.follow_up), cfg.risk.calibration)
+    return predictor
+
+
+def _evaluate(
+    key: str, predictor: RiskPredictor, splits: dict[str, RiskSplit], cfg: RiskConfig, run: RunDir
+) -> tuple[dict, RiskScores]:
+    """Metrics (discrimination on the raw scores, calibration before / after), the Mirai CSV, the decile table and
+    the plots of one fitted model on the test split; returns the metrics and the raw test scores."""
+    train, test = splits["train"], splits["test"]
+    raw, calibrated = predictor.predict(test.features, test.clinical)
+    options = {"n_resamples": cfg.bootstrap}
+    metrics = risk_metrics(
+        raw,
+        test.follow_up,
+        train.follow_up,
+        test.patients,
+        max_followup=cfg.risk.max_followup,
+        auc_times=cfg.auc_times,
+        **options,
+    )
+    survival, train_survival = survival_arrays(*test.follow_up), survival_arrays(*train.follow_up)
+    deciles = {}
+    for stage, scores in (("raw", raw), ("calibrated", calibrated)):
+        found = calibration_metrics(scores.probs, survival, train_survival, test.patients, **options)
+        metrics.update({f"{m}_{stage}": v for m, v in found.items()})
+        deciles[stage] = decile_table(scores.probs, *survival)
+    years = [f"{k}_year_risk" for k in range(1, cfg.risk.max_followup + 1)]
+    predictions = pd.DataFrame(calibrated.probs, columns=years)
+    predictions.insert(0, "patient_exam_id", test.exam_ids)
+    predictions.to_csv(run.file(f"risk_{key}.csv"), index=False)
+    pd.concat([t.assign(risk=stage) for stage, t in deciles.items()]).to_csv(
+        run.file(f"calibration_{key}.csv"), index=False
+    )
+    if cfg.plots:
+        plot_calibration(run.file(f"plots/calibration_{key}.png"), deciles, title=key)
+        plot_km_by_quartile(run.file(f"plots/km_quartiles_{key}.png"), raw.risk, *survival, title=key)
+    return metrics, raw
+
+
+def _save(key: str, name: str, predictor: RiskPredictor, metrics: dict, counts: dict, cfg: RiskConfig, run: RunDir):
+    card = ModelCardInfo.from_run(
+        run.path,
+        title=f"mvmlm risk model: {key}",
+        predicts=(
+            f"From {_SEES[predictor.inputs].format(', '.join(cfg.risk.covariates))}, the calibrated cumulative risk "
+            f"of breast cancer within 1..{cfg.risk.max_followup} years."
+        ),
+        counts={role: c["exams"] for role, c in counts.items()},
+        metrics={m: _cell(metrics[m]) for m in ("harrell_c", "uno_c", "ibs_calibrated") if m in metrics},
+    )
+    setup = {"encoder": config_to_dict(cfg.encoder), "embed": config_to_dict(cfg.embed), "pool": cfg.data.pool}
+    save_risk_bundle(run.file(f"models/{key}"), name, predictor, setup, preprocessing_of(cfg.data.table), card)
+
+
+_SEES = {
+    "image": "an exam's pooled image embedding",
+    "clinical": "an exam's clinical covariates ({})",
+    "combined": "an exam's pooled image embedding and its clinical covariates ({})",
+}
 
 
 def run_risk(cfg: RiskConfig, run: RunDir, state: PartialState) -> dict:
-    """Fit, tune and score every configured model; write predictions, tables and plots into ``run`` (main
-    process)."""
+    """Fit, tune, calibrate and score every configured model on every input; write predictions, bundles, tables and
+    plots into ``run`` (main process)."""
     _check(cfg)
     with state.main_process_first():  # the main process fills the embedding cache, the others read it
         splits = load_risk_splits(cfg)
-    train, val, test = splits["train"], splits["val"], splits["test"]
+    train, test = splits["train"], splits["test"]
     counts = {
         role: {"exams": len(s), "cancers": int(survival_arrays(*s.follow_up)[0].sum())} for role, s in splits.items()
     }
     log.info("risk: exams (cancers) per split %s", counts)
-    event, time = survival_arrays(*test.follow_up)
-    years = [f"{k}_year_risk" for k in range(1, cfg.risk.max_followup + 1)]
     results: dict[str, dict] = {}
+    differences: dict[str, dict] = {}
     for name in cfg.models:
-        scores = fit_risk_model(name, train, val, cfg, run.file(name)).predict(test.features)
-        if not state.is_main_process:  # every process trains (the hazard head on its share); the main one reports
-            continue
-        results[name] = risk_metrics(
-            scores,
-            test.follow_up,
-            train.follow_up,
-            test.patients,
-            max_followup=cfg.risk.max_followup,
-            auc_times=cfg.auc_times,
-            n_resamples=cfg.bootstrap,
-        )
-        predictions = pd.DataFrame(scores.probs, columns=years)
-        predictions.insert(0, "patient_exam_id", test.exam_ids)
-        predictions.to_csv(run.file(f"risk_{name}.csv"), index=False)
-        if cfg.plots:
-            plot_years = sorted({min(int(np.ceil(t)), cfg.risk.max_followup) for t in cfg.auc_times})
-            calibration = run.file(f"plots/calibration_{name}.png")
-            plot_calibration(calibration, scores.probs, event, time, plot_years, title=name)
-            plot_km_by_quartile(run.file(f"plots/km_quartiles_{name}.png"), scores.risk, event, time, title=name)
+        raw = {}  # the scores of the discrimination table, per input
+        for inputs in cfg.risk.inputs:
+            key = name if inputs == "image" else f"{name}_{inputs}"
+            predictor = fit_predictor(name, inputs, splits, cfg, run.file(key))
+            if not state.is_main_process:  # every process trains (the hazard head on its share); the main one reports
+                continue
+            results[key], raw[inputs] = _evaluate(key, predictor, splits, cfg, run)
+            _save(key, name, predictor, results[key], counts, cfg, run)
+        if {"combined", "clinical"} <= set(raw):
+            differences[f"{name}: combined - clinical"] = paired_difference(
+                raw["combined"],
+                raw["clinical"],
+                test.follow_up,
+                train.follow_up,
+                test.patients,
+                max_followup=cfg.risk.max_followup,
+                auc_times=cfg.auc_times,
+                n_resamples=cfg.bootstrap,
+            )
     if not state.is_main_process:
         return {}
-    metric_names = list(next(iter(results.values())))
-    table = pd.DataFrame([{"model": m, **{k: _cell(v[k]) for k in metric_names}} for m, v in results.items()])
-    table.to_csv(run.file("results.csv"), index=False)
-    text = markdown_table(table)
+    text = _tables(results, differences, cfg, run)
     header = "# Risk (test split)\n\nPoint estimate [bootstrap 95 % CI, patients resampled].\n\n"
     run.write_text("results.md", header + text)
     print(text)
-    return {"counts": counts, "models": results}
+    return {"counts": counts, "models": results, "differences": differences}
+
+
+def _tables(results: dict[str, dict], differences: dict[str, dict], cfg: RiskConfig, run: RunDir) -> str:
+    """``results.csv`` (every metric per model) and the markdown of ``results.md``: discrimination, calibration before
+    / after at the ``auc_times`` horizons, and the paired combined - clinical differences."""
+    rows = [{"model": m, **{k: _cell(v) for k, v in found.items()}} for m, found in results.items()]
+    pd.DataFrame(rows).to_csv(run.file("results.csv"), index=False)
+    horizons = sorted({min(int(np.ceil(t)), cfg.risk.max_followup) for t in cfg.auc_times})
+    first = next(iter(results.values()))
+    discrimination = [m for m in first if not m.endswith(("_raw", "_calibrated"))]
+    calibration = [
+        f"{m.format(k=k)}_{stage}"
+        for k in horizons
+        for m in ("cal_slope_{k}y", "oe_{k}y")
+        for stage in ("raw", "calibrated")
+    ] + ["ibs_raw", "ibs_calibrated"]
+    parts = [
+        "## Discrimination\n\n" + markdown_table(_frame(results, discrimination)),
+        "## Calibration (raw -> calibrated on validation)\n\n" + markdown_table(_frame(results, calibration)),
+    ]
+    if differences:
+        parts.append("## Combined - clinical-only (paired bootstrap)\n\n" + markdown_table(_frame(differences, None)))
+    return "\n\n".join(parts)
+
+
+def _frame(results: dict[str, dict], names: list[str] | None) -> pd.DataFrame:
+    return pd.DataFrame([{"model": m, **{k: _cell(v[k]) for k in (names or list(v))}} for m, v in results.items()])
 
 
 def main(argv: list[str] | None = None) -> dict:

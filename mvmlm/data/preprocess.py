@@ -324,7 +324,9 @@ def preprocess_table(
     if params.roi.enabled:
         from mvmlm.data.roi import cache_crops  # roi builds on this module
 
-        cache_crops(table.drop(index=failed), root, folder, params.roi, workers=workers, progress=progress)
+        cache_crops(
+            table.drop(index=failed), root, folder, params.roi, workers=workers, timeout=timeout, progress=progress
+        )
     log.info(
         "preprocess %s: %d images already cached, %d cached now, %d failed (see %s)",
         folder,

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mvmlm.data import dicom, schema
 from mvmlm.data.preprocess import (
     CROPS_DIR,
+    DEFAULT_TIMEOUT,
     ROI_FAILURES_FILE,
     ROI_TABLE_FILE,
     NotCachedError,
@@ -41,6 +40,7 @@ from mvmlm.data.preprocess import (
     resize_pad,
     save_cached,
 )
+from mvmlm.data.workers import run_isolated
 from mvmlm.errors import InputError
 from mvmlm.registry import Registry
 
@@ -171,13 +171,10 @@ def lesion_crop(row: pd.Series, root: str | Path, params: RoiParams) -> np.ndarr
     raise NoRoiError(f"{row['image_id']} ({row['path']}): no lesion {what}")
 
 
-def _crop_one(row: pd.Series, root: str, target: str, params: RoiParams) -> str | None:
-    """Crop and cache one image's lesion; the error text when it has no crop (the run goes on)."""
-    try:
-        save_cached(target, lesion_crop(row, root, params))
-    except (NoRoiError, dicom.DicomReadError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def _crop_one(row: pd.Series, root: str, target: str, params: RoiParams) -> None:
+    """Crop and cache one image's lesion (in a worker process: a failure is recorded and the run goes on)."""
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its per-file ERROR lines would cover the progress bar
+    save_cached(target, lesion_crop(row, root, params))
 
 
 def cache_crops(
@@ -187,11 +184,14 @@ def cache_crops(
     params: RoiParams,
     *,
     workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Crop and cache the lesion of every image of a canonical ``table`` into the image cache ``folder``.
 
-    Crops already cached are reused. Images without a crop (no ROI under ``missing: skip``, unreadable files) are
+    Crops already cached are reused. Each image is cropped in a worker process
+    (:func:`~mvmlm.data.workers.run_isolated`), so a decoder that crashes or hangs past ``timeout`` seconds fails that
+    image only. Images without a crop (no ROI under ``missing: skip``, unreadable files, crashed decoders) are
     logged, written to ``roi_failures.csv`` and left out of ``roi_table.parquet``.
 
     Returns:
@@ -202,21 +202,14 @@ def cache_crops(
     table = schema.conform(table).reset_index(drop=True)
     ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
     relative = [str(cache_file(dataset, patient, image, CROPS_DIR)) for dataset, patient, image in ids]
-    todo = [(i, row, str(folder / relative[i])) for i, row in table.iterrows() if not (folder / relative[i]).is_file()]
-    errors: dict[int, str] = {}
-    with tqdm(total=len(todo), desc="roi", unit="img", disable=not progress) as bar:
-        if workers <= 1:
-            for i, row, target in todo:
-                if (error := _crop_one(row, str(root), target, params)) is not None:
-                    errors[i] = error
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(_crop_one, row, str(root), target, params): i for i, row, target in todo}
-                for future in as_completed(futures):
-                    if (error := future.result()) is not None:
-                        errors[futures[future]] = error
-                    bar.update()
+    todo = [
+        (i, (row, str(root), str(folder / relative[i]), params))
+        for i, row in table.iterrows()
+        if not (folder / relative[i]).is_file()
+    ]
+    errors = run_isolated(
+        _crop_one, todo, workers=workers, timeout=timeout, name="decoder", desc="roi", progress=progress
+    )
     for error in errors.values():
         log.warning("roi crop skipped: %s", error)
     failed = sorted(errors)

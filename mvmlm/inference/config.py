@@ -31,6 +31,7 @@ class PredictConfig(InputConfig):
     """``mvmlm predict``: probabilities per breast (and per exam for four-view models)."""
 
     format: str = "table"  # table (predictions.csv + predictions.parquet) | json (also predictions.json)
+    rois: str = ""  # lesion boxes CSV (image, xmin, ymin, xmax, ymax): needed by bundles predicting from crops
 
 
 @dataclass

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,10 @@ from mvmlm.bundle import Bundle, load_model
 from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.exams import BREAST_SLOTS, EXAM_SLOTS, build_breasts, build_exams
 from mvmlm.data.preprocess import CACHE_SCALE, PreprocessParams, load_cached, preprocess_image
+from mvmlm.data.roi import NoRoiError
 from mvmlm.errors import InputError
 from mvmlm.inference.inputs import Inputs, collect
+from mvmlm.inference.rois import RoiError, Rois, read_rois
 
 __all__ = [
     "NothingPredictedError",
@@ -40,6 +44,7 @@ __all__ = [
     "ViewsDataset",
     "collate_views",
     "resolve_device",
+    "forward_threads",
     "Prediction",
     "predict_paths",
     "main",
@@ -82,12 +87,22 @@ def load_units(paths: Sequence[str], level: str, root: str = "") -> Units:
 
 class ViewsDataset(Dataset):
     """Items ``{"images": (V, 1, H, W), "mask": (V,), "index", "errors": [(path, reason)]}``: each present slot
-    decoded (or read from the cache) and preprocessed; a file that fails is an error and its slot is missing."""
+    decoded (or read from the cache) and preprocessed; a file that fails is an error and its slot is missing.
+    With ``rois`` also ``"crops"`` and ``"crop_mask"``: each view's lesion crop (missing without a box); a unit
+    with no crop at all is an error."""
 
-    def __init__(self, units: Units, params: PreprocessParams, bundle: Bundle, allow_for_processing: bool = False):
+    def __init__(
+        self,
+        units: Units,
+        params: PreprocessParams,
+        bundle: Bundle,
+        allow_for_processing: bool = False,
+        rois: Rois | None = None,
+    ):
         self.rows = units.rows.reset_index(drop=True)
         self.slots, self.cached = units.slots, units.inputs.cached
         self.params, self.transform, self.allow = params, bundle.input_transform, allow_for_processing
+        self.rois = rois
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,6 +114,21 @@ class ViewsDataset(Dataset):
             decoded, _ = read_mammogram(row[f"{slot}_path"], for_processing=self.allow)
             image = cache_values(preprocess_image(decoded, self.params))
         return self.transform(torch.from_numpy(image)[None])
+
+    def _crops(self, row: pd.Series, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The lesion crops of the present views (a view without a box: missing)."""
+        crops: list[torch.Tensor | None] = []
+        for slot, present in zip(self.slots, mask.tolist(), strict=True):
+            try:
+                crop = (
+                    self.rois.crop(row[f"{slot}_image_id"], row[f"{slot}_path"], self.params.roi) if present else None
+                )
+            except NoRoiError:
+                crop = None
+            crops.append(None if crop is None else self.transform(torch.from_numpy(cache_values(crop))[None]))
+        shape = next((c.shape for c in crops if c is not None), None)
+        crop_mask = torch.tensor([c is not None for c in crops])
+        return torch.stack([torch.zeros(shape or (1, 1, 1)) if c is None else c for c in crops]), crop_mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows.iloc[index]
@@ -117,17 +147,24 @@ class ViewsDataset(Dataset):
         shape = next((v.shape for v in views if v is not None), None)
         images = torch.stack([torch.zeros(shape or (1, 1, 1)) if v is None else v for v in views])
         mask = torch.tensor([v is not None for v in views])
-        return {"images": images, "mask": mask, "index": index, "errors": errors}
+        item = {"images": images, "mask": mask, "index": index, "errors": errors}
+        if self.rois is not None and mask.any():
+            item["crops"], item["crop_mask"] = self._crops(row, mask)
+            if not item["crop_mask"].any():
+                path = str(row[f"{self.slots[int(mask.nonzero()[0])]}_path"])
+                errors.append((path, "no lesion box in --rois for any view of its breast: not predicted"))
+                item["mask"] = torch.zeros_like(mask)
+        return item
 
 
 def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
     usable = [item for item in items if item["mask"].any()]
-    return {
-        "images": torch.stack([i["images"] for i in usable]) if usable else None,
-        "mask": torch.stack([i["mask"] for i in usable]) if usable else None,
-        "index": [i["index"] for i in usable],
-        "errors": [e for i in items for e in i["errors"]],
+    batch = {
+        key: torch.stack([i[key] for i in usable]) if usable else None
+        for key in ("images", "mask", "crops", "crop_mask")
+        if key in (usable or items)[0]
     }
+    return {**batch, "index": [i["index"] for i in usable], "errors": [e for i in items for e in i["errors"]]}
 
 
 def _slug(text: str) -> str:
@@ -148,6 +185,21 @@ class Prediction:
 
 def resolve_device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+@contextmanager
+def forward_threads(device: torch.device, workers: int) -> Iterator[int]:
+    """On CPU, the model's intra-op threads for the duration: the cores left beside ``workers`` decoding processes
+    (at least one, at most torch's setting). More runnable threads than cores stall torch's thread barriers: on 2
+    cores, 2 forward threads beside 2 decoders were slower than 1 (benchmarks/predict.py)."""
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(before, cores - workers)) if device.type == "cpu" and workers > 0 else before
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _rows(bundle: Bundle, units: Units, index: list[int], mask: torch.Tensor, out: dict) -> list[dict]:
@@ -203,23 +255,41 @@ def predict_paths(
     batch_size: int = 8,
     workers: int = 2,
     allow_for_processing: bool = False,
+    rois: str = "",
     progress: bool = False,
 ) -> Prediction:
-    """Predictions for every breast (and exam) of ``paths`` and the files skipped, with their reasons."""
+    """Predictions for every breast (and exam) of ``paths`` and the files skipped, with their reasons.
+
+    Raises:
+        RoiError: a bundle that predicts from lesion crops without ``rois`` (or with a cache table as input).
+    """
+    if bundle.needs_rois and not rois:
+        raise RoiError(
+            f"a {bundle.kind} bundle predicts from lesion crops: give --rois FILE.csv (columns image, xmin, ymin, "
+            "xmax, ymax: a box per image, in pixels of the DICOM image)"
+        )
     units = load_units([paths] if isinstance(paths, str) else list(paths), bundle.level, root)
+    if bundle.needs_rois and units.inputs.cached:
+        raise RoiError(
+            f"a {bundle.kind} bundle crops lesions from the DICOM files: give files, folders or a canonical "
+            "table, not a cache table"
+        )
     skipped = list(units.inputs.skipped)
     records: list[dict] = []
     if len(units.rows):
-        dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing)
+        boxes = read_rois(rois) if bundle.needs_rois else None
+        dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing, boxes)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_views)
         target = resolve_device(device)
         bundle.module.to(target).eval()
-        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-            skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
-            if batch["index"]:
-                out = bundle.predict_views(batch["images"].to(target), batch["mask"].to(target))
-                out = {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
-                records += _rows(bundle, units, batch["index"], batch["mask"], out)
+        with forward_threads(target, workers):
+            for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+                skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
+                if batch["index"]:
+                    crops = {"crops": (batch["crops"].to(target), batch["crop_mask"].to(target))} if boxes else {}
+                    out = bundle.predict_views(batch["images"].to(target), batch["mask"].to(target), **crops)
+                    out = {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
+                    records += _rows(bundle, units, batch["index"], batch["mask"], out)
     return Prediction(pd.DataFrame(records), pd.DataFrame(skipped, columns=["path", "reason"]))
 
 
@@ -240,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=cfg.batch_size,
         workers=cfg.workers,
         allow_for_processing=cfg.allow_for_processing,
+        rois=cfg.rois,
         progress=cfg.progress,
     )
     out = Path(cfg.out)

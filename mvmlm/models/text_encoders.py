@@ -58,6 +58,11 @@ def _directory_fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_path(name: str) -> bool:
+    """Whether a model name can only be a folder (a hub id is ``name`` or ``owner/name``)."""
+    return Path(name).is_absolute() or name.startswith(("./", "../", "~")) or name.count("/") > 1
+
+
 class FrozenTextEncoder:
     """A frozen Hugging Face encoder: texts -> last hidden states + attention mask, no gradients.
 
@@ -91,9 +96,19 @@ class FrozenTextEncoder:
         self._fingerprint: str | None = None
 
     def _unavailable(self, exc: Exception) -> TextModelUnavailableError:
+        """One line: a local directory that is missing or unreadable is named as such; a hub model gets the
+        pre-download hint."""
+        reason = " ".join(str(exc).split())
+        if self.is_local:
+            return TextModelUnavailableError(f"text model directory {self.model_name} could not be loaded: {reason}")
+        if _is_path(self.model_name):
+            return TextModelUnavailableError(
+                f"text model directory not found: {self.model_name} (model.text.model takes a local directory written "
+                f"by save_pretrained or a hub id such as {DEFAULT_TEXT_MODEL})"
+            )
         rev = f" --revision {self.revision}" if self.revision else ""
         return TextModelUnavailableError(
-            f"text model {self.model_name!r} (revision {self.revision or 'local'}) could not be loaded: {exc}\n"
+            f"text model {self.model_name!r} (revision {self.revision or 'main'}) could not be loaded: {reason}. "
             f"Pre-download it on a machine with internet: `huggingface-cli download {self.model_name}{rev}`, then "
             f"run with HF_HUB_OFFLINE=1; or set the text model to a local directory written by save_pretrained."
         )

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mvmlm.report.evidence import above_chance, fmt, fmt_ci, wilson_interval
+from mvmlm.report.evidence import Verdict, above_chance, fmt, fmt_ci, wilson_interval
 from mvmlm.report.figures import file_uri, line_plot
 
 __all__ = ["Section", "SECTIONS", "collect"]
@@ -154,12 +154,14 @@ def read_probe(folder: Path, cfg: Any) -> dict | None:
     mean, sd = table.mean(), table.std()
     rows = []
     for (task, fraction, encoder), row in mean.iterrows():
-        baseline = next((mean.loc[(task, fraction, r), "auc"] for r in random if r != encoder), None)
+        baseline = next(
+            (mean.loc[key, "auc"] for r in random if (key := (task, fraction, r)) in mean.index and r != encoder), None
+        )
         verdict = above_chance(row.auc, row.auc_low, row.auc_high, 0.5)
         if verdict.ok and baseline is not None and not row.auc > baseline:
-            verdict = type(verdict)(False, f"signal NOT shown: not above random init ({fmt(baseline)})")
+            verdict = Verdict(False, f"signal NOT shown: not above random init ({fmt(baseline)})")
         elif verdict.ok and baseline is not None:
-            verdict = type(verdict)(True, f"{verdict.words}; above random init by {row.auc - baseline:+.3f}")
+            verdict = Verdict(True, f"{verdict.words}; above random init by {row.auc - baseline:+.3f}")
         spread = sd.loc[(task, fraction, encoder), "auc"]
         rows.append(
             {

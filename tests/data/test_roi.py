@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +22,8 @@ from mvmlm.data.roi import (
 )
 from mvmlm.data.sources import cbis_ddsm
 from mvmlm.data.synthetic.truth import sample_exams
+
+from .test_preprocess_failures import _crashing_reader
 
 SMALL = dict(size=32, min_side=16)
 
@@ -138,3 +142,23 @@ def test_bad_parameters_are_refused():
         RoiParams(source="boxes")
     with pytest.raises(ConfigError, match="margin"):
         RoiParams(margin=-1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_crashing_or_hanging_decoder_fails_one_crop_and_the_rest_are_cached(cbis, tmp_path, monkeypatch, workers):
+    root, table = cbis
+    names = ["abort-1", "segv-1", "hang-1"]
+    bad = pd.concat([table.iloc[:1]] * len(names), ignore_index=True)
+    bad = bad.assign(image_id=names, patient_id="bad", path=[f"{name}.dcm" for name in names])
+    monkeypatch.setattr(dicom, "read_mammogram", _crashing_reader)  # the forked workers inherit it
+    start = time.monotonic()
+    cached = cache_crops(pd.concat([table, bad]), root, tmp_path, RoiParams(**SMALL), workers=workers, timeout=1.5,
+                         progress=False)  # fmt: skip
+    assert time.monotonic() - start < 15
+    errors = pd.read_csv(tmp_path / "roi_failures.csv").set_index("image_id")["error"].to_dict()
+    assert errors == {
+        "abort-1": "decoder crashed: signal 6 (SIGABRT)",
+        "segv-1": "decoder crashed: signal 11 (SIGSEGV)",
+        "hang-1": "timed out after 1.5 s",
+    }
+    assert sorted(cached["image_id"]) == sorted(table["image_id"])

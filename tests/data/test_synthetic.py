@@ -185,3 +185,35 @@ def test_written_vindr_files_carry_the_required_dicom_variety(synthetic_dataset)
     assert "SIGMOID" in {h.get("VOILUTFunction") for h in headers}
     assert {JPEG2000_LOSSLESS, JPEG_LS_LOSSLESS} <= {h.file_meta.TransferSyntaxUID for h in headers}
     assert expected.groupby("exam_id").size().min() < 4
+
+
+@pytest.mark.parametrize("fmt", ["vindr", "cmmd"])
+def test_lesion_mask_covers_the_planted_mass_in_the_cached_image(synthetic_dataset, fmt):
+    """The side table's lesion, carried through the preprocess crop and resize, sits on the bright planted mass."""
+    from mvmlm.data.dicom import read_mammogram
+    from mvmlm.data.preprocess import PreprocessParams, preprocess_image
+    from mvmlm.data.synthetic.lesions import preprocessed_lesion_mask, read_lesions
+
+    root, expected = synthetic_dataset(fmt)
+    lesions = read_lesions(root)
+    assert len(lesions) == len(expected)
+    params = PreprocessParams(height=80, width=48)
+    masses = expected[(expected["mass"] == 1)]
+    contrasts = []
+    for row in masses.itertuples():
+        image, _ = read_mammogram(root / row.path)
+        mask = preprocessed_lesion_mask(image, lesions.loc[(row.dataset, row.image_id)], params)
+        cached = preprocess_image(image, params)
+        ring = np.zeros_like(mask)
+        ys, xs = np.nonzero(mask)
+        ring[max(ys.min() - 6, 0) : ys.max() + 7, max(xs.min() - 6, 0) : xs.max() + 7] = True
+        ring &= ~mask & (cached > 0)
+        contrasts.append(cached[mask].mean() - cached[ring].mean())
+    assert len(contrasts) >= 3 and np.median(contrasts) > 0.05
+
+
+def test_lesion_mask_is_empty_without_a_lesion():
+    from mvmlm.data.synthetic.lesions import lesion_mask
+
+    assert not lesion_mask({"lesion_x": np.nan, "lesion_y": np.nan, "lesion_size": np.nan}, (20, 10)).any()
+    assert lesion_mask({"lesion_x": 0.5, "lesion_y": 0.5, "lesion_size": 0.4}, (20, 10)).sum() == 12

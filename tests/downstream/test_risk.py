@@ -152,10 +152,44 @@ def test_risk_command_writes_mirai_csv_table_and_plots(embed_cache, tmp_path):
     csv = pd.read_csv(out / "risk_hazard.csv")
     assert list(csv.columns) == ["patient_exam_id", *[f"{k}_year_risk" for k in range(1, 6)]]
     assert len(csv) == result["counts"]["test"]["exams"] and csv.patient_exam_id.str.contains("\t").all()
-    assert (out / "metrics.json").is_file() and (out / "results.md").read_text().count("| coxnet |") == 1
+    # one row in the discrimination table, one in the calibration table
+    assert (out / "metrics.json").is_file() and (out / "results.md").read_text().count("| coxnet |") == 2
+    assert {"cal_slope_5y_raw", "cal_slope_5y_calibrated", "oe_2y_calibrated", "ibs_raw"} <= set(
+        result["models"]["hazard"]
+    )
+    deciles = pd.read_csv(out / "calibration_coxnet.csv")
+    assert set(deciles.risk) == {"raw", "calibrated"} and set(deciles.year) == {1, 2, 3, 4, 5}
     assert (out / "plots" / "calibration_coxnet.png").is_file()
     assert (out / "plots" / "km_quartiles_hazard.png").is_file()
     assert (out / "hazard" / "val_log.jsonl").is_file()
+
+
+def test_risk_command_compares_image_clinical_and_combined_and_saves_bundles_that_reproduce_it(embed_cache, tmp_path):
+    import shutil
+
+    import mvmlm
+    from downstream.risk import COMMAND
+    from downstream.risk.run import load_risk_splits, main
+
+    args = ["--config", TINY, f"data.table={embed_cache}", "data.val_split=train", "models=[coxnet]"]
+    args += ["risk.covariates=[age,density]", "risk.inputs=[image,clinical,combined]", "plots=false"]
+    result = main([*args, f"out={tmp_path / 'run'}"])
+    assert set(result["models"]) == {"coxnet", "coxnet_clinical", "coxnet_combined"}
+    (difference,) = result["differences"].values()
+    assert {"harrell_c", "uno_c", "td_auc_2y", "td_auc_5y"} == set(difference)
+    for metric in difference:  # the paired difference is taken between the two models of the table
+        found = {i: result["models"][f"coxnet_{i}"][metric]["value"] for i in ("combined", "clinical")}
+        assert difference[metric]["value"] == pytest.approx(found["combined"] - found["clinical"])
+    assert "Combined - clinical-only" in (tmp_path / "run" / "results.md").read_text()
+    expected = pd.read_csv(tmp_path / "run" / "risk_coxnet_combined.csv")
+    moved = shutil.copytree(tmp_path / "run" / "models" / "coxnet_combined", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "run")
+    model = mvmlm.load_model(moved)
+    assert [c["name"] for c in model.config["covariates"]["covariates"]] == ["age", "density"]
+    test = load_risk_splits(COMMAND.parse([*args, f"out={tmp_path / 'again'}"]))["test"]
+    assert test.exam_ids == expected.patient_exam_id.tolist()
+    probs = model.predict_risk(test.features, test.clinical).probs
+    np.testing.assert_allclose(probs, expected.drop(columns="patient_exam_id").to_numpy(), rtol=0, atol=1e-9)
 
 
 def test_risk_command_rejects_unknown_model_and_table_without_follow_up(embed_cache, tmp_path):
@@ -165,6 +199,12 @@ def test_risk_command_rejects_unknown_model_and_table_without_follow_up(embed_ca
 
     with pytest.raises(ConfigError, match="mirai"):
         main(["--config", TINY, f"data.table={embed_cache}", f"out={tmp_path}/a", "models=[mirai]"])
+    with pytest.raises(ConfigError, match="risk.covariates': empty, but risk.inputs asks for clinical"):
+        main(["--config", TINY, f"data.table={embed_cache}", f"out={tmp_path}/c", "risk.inputs=[image,combined]"])
+    with pytest.raises(ConfigError, match="risk.calibration': 'beta'; known: isotonic, platt, none"):
+        main(["--config", TINY, f"data.table={embed_cache}", f"out={tmp_path}/d", "risk.calibration=beta"])
+    with pytest.raises(ConfigError, match="risk.covariates': bmi not a column of the table"):
+        main(["--config", TINY, f"data.table={embed_cache}", f"out={tmp_path}/e", "risk.covariates=[bmi]"])
     table = schema.read_table(embed_cache).assign(years_to_cancer=pd.NA, years_to_last_followup=pd.NA)
     bare = embed_cache.parent / "bare.parquet"
     schema.write_table(table, bare)

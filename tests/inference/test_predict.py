@@ -87,3 +87,64 @@ def test_nothing_predictable_exits_2_with_one_line(finetune_run, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: nothing could be predicted")
     assert "not a DICOM file" in (tmp_path / "out" / "skipped.csv").read_text()
+
+
+def test_predict_on_another_formats_dicom_files_equals_the_model_on_their_cache(
+    finetune_run, synthetic_dataset, tmp_path
+):
+    """RSNA-layout DICOM files (JPEG lossless, SIGMOID VOI, extra views, repeats), tables deleted: the bundle's
+    probabilities on them equal its probabilities on the same images preprocessed by `mvmlm preprocess`."""
+    import torch
+
+    from mvmlm.data.exams import BreastDataset, build_breasts
+    from mvmlm.data.preprocess import preprocess_table
+
+    root, table = synthetic_dataset("rsna", exams=16, seed=1)
+    images = tmp_path / "rsna_site"
+    for path in table["path"]:  # the DICOM files of the (labelled) table alone: no csv tables, no truth
+        (images / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / path, images / path)
+    model = mvmlm.load_model(shutil.copytree(_bundle_dir(finetune_run), tmp_path / "moved"))
+    out = tmp_path / "pred"
+    assert cli(["predict", "--model", str(tmp_path / "moved"), "--input", str(images), "--out", str(out),
+                "--workers", "2", "batch_size=4", "progress=false"]) == 0  # fmt: skip
+    predicted = pd.read_parquet(out / "predictions.parquet").set_index(["exam_id", "laterality"])
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["reason"].str.contains("is not used|second", regex=True).all() and len(skipped)
+
+    cached = preprocess_table(table, root, tmp_path / "cache", model.preprocessing, progress=False)
+    unused = {Path(p).relative_to(images).as_posix() for p in skipped["path"]}  # the slot rules of DICOM and table
+    breasts = build_breasts(cached[~cached["path"].isin(unused)])  # differ (SOP UID vs RSNA id): same images here
+    items = list(BreastDataset(breasts, labels=()))
+    with torch.no_grad():
+        probs = model.predict_views(torch.stack([i["images"] for i in items]), torch.stack([i["mask"] for i in items]))
+    study = {
+        exam: pydicom.dcmread(root / path, stop_before_pixels=True).StudyInstanceUID
+        for exam, path in table.groupby("exam_id")["path"].first().items()
+    }
+    keys = list(zip(breasts["exam_id"].map(study), breasts["laterality"], strict=True))
+    assert len(predicted) == len(keys) == len(set(keys)) > 20
+    np.testing.assert_allclose(predicted.loc[keys, "prob_mass_mass"], probs["mass"][:, 1].numpy(), atol=1e-5)
+    assert np.ptp(probs["mass"][:, 1].numpy()) > 1e-3  # the breasts' scores differ
+
+
+def test_the_forward_leaves_a_core_to_each_decoding_worker_and_restores_torch_threads(monkeypatch):
+    import os
+
+    import torch
+
+    from mvmlm.inference.predict import forward_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with forward_threads(torch.device("cpu"), 3) as threads:
+            assert threads == torch.get_num_threads() == 1
+        with forward_threads(torch.device("cpu"), 1) as threads:
+            assert threads == 3
+        with forward_threads(torch.device("cpu"), 0) as threads:
+            assert threads == 4
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

@@ -48,7 +48,7 @@ def test_missing_model_offline_says_how_to_download():
     message = str(info.value)
     assert "text model 'nobody/no-such-clinical-bert'" in message
     assert "huggingface-cli download nobody/no-such-clinical-bert --revision abc123" in message
-    assert "HF_HUB_OFFLINE=1" in message and "local directory" in message
+    assert "HF_HUB_OFFLINE=1" in message and "local directory" in message and "\n" not in message
 
 
 def test_cache_miss_encodes_once_then_hits_without_the_model(tmp_path, encoder, reports):
@@ -108,3 +108,21 @@ def test_another_process_shards_are_picked_up(tmp_path, encoder, tiny_bert_dir, 
 def test_unknown_dtype_is_refused(tiny_bert_dir):
     with pytest.raises(ValueError, match="unknown torch dtype 'float33'"):
         FrozenTextEncoder(str(tiny_bert_dir), dtype="float33")
+
+
+@pytest.mark.parametrize("name", ["/nowhere/bert", "./nowhere/bert", "runs/pretrain/bert"])
+def test_a_missing_local_model_is_named_as_a_folder_without_a_download_hint(name):
+    with pytest.raises(TextModelUnavailableError) as info:
+        FrozenTextEncoder(name, local_files_only=True).load()
+    message = str(info.value)
+    assert message.startswith(f"text model directory not found: {name} (") and "\n" not in message, message
+    assert "huggingface-cli" not in message
+
+
+def test_an_unreadable_local_model_is_named_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(TextModelUnavailableError) as info:
+        FrozenTextEncoder(str(tmp_path), local_files_only=True).load()
+    message = str(info.value)
+    assert message.startswith(f"text model directory {tmp_path} could not be loaded: ") and "\n" not in message
+    assert "huggingface-cli" not in message

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mvmlm import cli
 from mvmlm.data import schema
+from mvmlm.data.leakage import SplitError
 from mvmlm.data.preprocess import save_cached
 from pretrain.data import Collate, EpochSampler, PretrainDataset, load_breasts, make_loader, read_reports
 
@@ -131,3 +133,21 @@ def test_bad_corpora_are_named(tmp_path):
     _write_corpus(tmp_path / "empty", [("a", 0, "  ")])
     with pytest.raises(ValueError, match="1 empty report"):
         read_reports(tmp_path / "empty")
+
+
+def test_a_patient_in_two_splits_is_refused(cached):
+    table = schema.read_table(cached / "table.parquet")
+    leaking = table.assign(split=["train", "train", "val", "train"])  # p1's right breast in val
+    schema.write_table(leaking, cached / "table.parquet")
+    with pytest.raises(SplitError, match=r"1 patient\(s\) have images in more than one split \(e\.g\. toy/p1\)"):
+        load_breasts(cached / "table.parquet", "val", read_reports(cached / "corpus"))
+    schema.write_table(leaking.assign(split=["train", "train", "train", "val"]), cached / "table.parquet")
+    assert len(load_breasts(cached / "table.parquet", "val", read_reports(cached / "corpus"))) == 0  # p2 has no report
+
+
+def test_a_model_size_other_than_the_cache_size_is_a_one_line_error(pretrain_inputs, tmp_path, capsys):
+    argv = pretrain_inputs.argv(tmp_path / "run", "model.image.image_size=[32,24]")
+    assert cli.main(["pretrain", *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error, error
+    assert "model.image.image_size': [32, 24]" in error and "cached at [64, 48]" in error, error

@@ -5,7 +5,9 @@
 The generator first samples a ground truth (:func:`mvmlm.data.synthetic.truth.sample_exams`), renders
 phantom images with planted, label-consistent signal (:mod:`mvmlm.data.synthetic.phantom`), then a format
 writer lays files and tables out exactly as the dataset ships them and returns the canonical table its
-adapter must produce. That expected table is saved as ``DIR/synthetic_truth.parquet``.
+adapter must produce. That expected table is saved as ``DIR/synthetic_truth.parquet``, and where each image's
+lesion was planted as ``DIR/synthetic_lesions.parquet`` (:mod:`mvmlm.data.synthetic.lesions`; a writer returns the
+truth's ``lesion_*`` columns with its rows).
 """
 
 from __future__ import annotations
@@ -37,14 +39,18 @@ register_format = FORMATS.register
 
 def write_synthetic(fmt: str, out: str | Path, *, exams: int, seed: int, height: int, width: int) -> pd.DataFrame:
     """Write ``exams`` synthetic exams in format ``fmt`` under ``out``; return (and save) the expected table."""
+    from mvmlm.data.synthetic.lesions import LESION_COLUMNS, LESIONS_FILE
     from mvmlm.data.synthetic.truth import sample_exams
 
     writer = FORMATS.get(fmt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = sample_exams(exams, seed)
-    expected = schema.conform(writer(truth, out, height=height, width=width, seed=seed))
+    written = writer(truth, out, height=height, width=width, seed=seed)
+    lesions = written[["dataset", "image_id", *LESION_COLUMNS]].astype({c: float for c in LESION_COLUMNS})
+    expected = schema.conform(written.drop(columns=list(LESION_COLUMNS)))
     expected.to_parquet(out / TRUTH_FILE, index=False)
+    lesions.to_parquet(out / LESIONS_FILE, index=False)
     return expected
 
 

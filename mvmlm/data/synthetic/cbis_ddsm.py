@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from mvmlm.data.sources.cbis_ddsm import CSV_FILES, WORDS, split_patients
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
+from mvmlm.data.synthetic.lesions import LESION_COLUMNS
 from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
@@ -199,6 +200,7 @@ class _Writer:
                     "source_split": split,
                     "roi_path": ";".join(rois),
                     "crop_path": ";".join(crops),
+                    **row[list(LESION_COLUMNS)].to_dict(),
                 }
             )
 

@@ -21,6 +21,7 @@ from mvmlm.data.sources.cmmd import OTHER_SIDE, SHEET, TOMPEI_FILE, TOMPEI_POSIT
 from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
+from mvmlm.data.synthetic.lesions import LESION_COLUMNS
 from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
@@ -146,6 +147,7 @@ def _write_images(
                 "mass": row["mass"],
                 "calcification": row["calcification"],
                 "pathology": row["pathology"],
+                **row[list(LESION_COLUMNS)].to_dict(),
             }
         )
     return rows

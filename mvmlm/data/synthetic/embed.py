@@ -23,6 +23,7 @@ from mvmlm.data.sources.embed import CLINICAL, DAYS_PER_YEAR, METADATA
 from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
+from mvmlm.data.synthetic.lesions import LESION_COLUMNS
 from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
@@ -148,6 +149,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
                     "years_to_cancer": years_to_cancer,
                     "years_to_last_followup": years_to_followup,
                     "screening": screening,
+                    **row[list(LESION_COLUMNS)].to_dict(),
                 }
             )
     (out / "tables").mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from mvmlm.data.sources.rsna import TEST_COLUMNS, TRAIN_COLUMNS
 from mvmlm.data.splits import source_less_split
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
+from mvmlm.data.synthetic.lesions import LESION_COLUMNS
 from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
@@ -160,6 +161,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
             "density": train["density"],
             "malignant": train["cancer"],
             "pathology": pathology,
+            **{name: train[name] for name in LESION_COLUMNS},
         }
     )
     expected["split"] = source_less_split(expected["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults

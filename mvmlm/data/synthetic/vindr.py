@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 from mvmlm.data.sources import vindr as source
 from mvmlm.data.synthetic import register_format
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
+from mvmlm.data.synthetic.lesions import LESION_COLUMNS
 from mvmlm.data.synthetic.phantom import render_native
 
 __all__ = ["write"]
@@ -138,6 +139,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
                 "mass": row["mass"],
                 "calcification": row["calcification"],
                 "boxes": boxes,
+                **row[list(LESION_COLUMNS)].to_dict(),
             }
         )
     pd.DataFrame(breast_rows, columns=list(source.BREAST_COLUMNS)).to_csv(out / source.BREAST_FILE, index=False)
