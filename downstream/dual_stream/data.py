@@ -49,6 +49,11 @@ def load_breasts(data: DualStreamData, streams: list[str]) -> pd.DataFrame:
     return breasts[~unlabelled & ~no_crop].reset_index(drop=True)
 
 
+def resize_input(image: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """A ``(1, H, W)`` image (whole view or lesion crop) resized to the network input of both streams."""
+    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
 class DualStreamDataset(Dataset):
     """Items ``{"inputs": {stream: (images (2, 1, H, W), mask (2,))}, "label", "index", "id"}``; ``index`` is the
     row of ``breasts`` (evaluation gathers it across processes), ``id`` its breast id."""
@@ -57,8 +62,7 @@ class DualStreamDataset(Dataset):
         augment = build_transform(train, aug)
 
         def transform(image: torch.Tensor) -> torch.Tensor:
-            image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-            return augment(image)
+            return augment(resize_input(image, size))
 
         self.breasts = breasts.reset_index(drop=True)
         self.views = {}

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from downstream.dual_stream.config import STREAMS, MammoMambaConfig, MammoMambaModelConfig
+from downstream.dual_stream.data import resize_input
 from mvmlm import checkpoint
 from mvmlm.bundle import Bundle
 from mvmlm.models.image_encoders import create_image_encoder
@@ -163,8 +163,7 @@ class DualStreamBundle(Bundle):
 
     def input_transform(self, image: Tensor) -> Tensor:
         """Resized to the network input, as the evaluation's loader (``DualStreamDataset``) does."""
-        size = tuple(self.config["model"]["data"]["image_size"])
-        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        return resize_input(image, self.config["model"]["data"]["image_size"])
 
     def predict_views(self, images: Tensor, mask: Tensor, crops: tuple[Tensor, Tensor] | None = None) -> dict:
         inputs = {"whole": (images, mask), **({"crop": crops} if crops is not None else {})}

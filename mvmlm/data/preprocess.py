@@ -60,6 +60,8 @@ __all__ = [
     "RoiParams",
     "PreprocessParams",
     "PreprocessConfig",
+    "to_cache_values",
+    "from_cache_values",
     "breast_bbox",
     "crop_breast",
     "resize_pad",
@@ -250,7 +252,7 @@ def save_cached(path: str | Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     with open(tmp, "wb") as handle:
-        np.save(handle, np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16))
+        np.save(handle, to_cache_values(image))
     os.replace(tmp, path)
     return path
 
@@ -260,6 +262,16 @@ def load_cached(path: str | Path) -> np.ndarray:
     stored = np.load(path, allow_pickle=False)
     if stored.dtype != np.uint16 or stored.ndim != 2:
         raise ValueError(f"{path}: not a cached image (expected a 2-D uint16 array, got {stored.dtype} {stored.shape})")
+    return from_cache_values(stored)
+
+
+def to_cache_values(image: np.ndarray) -> np.ndarray:
+    """A float [0, 1] image as the cache stores it: uint16 (rounded)."""
+    return np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16)
+
+
+def from_cache_values(stored: np.ndarray) -> np.ndarray:
+    """Stored uint16 values as the float32 [0, 1] image training reads."""
     image = stored.astype(np.float32)
     image *= 1.0 / CACHE_SCALE
     return image

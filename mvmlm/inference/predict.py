@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from mvmlm.bundle import Bundle, load_model
 from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.exams import BREAST_SLOTS, EXAM_SLOTS, build_breasts, build_exams
-from mvmlm.data.preprocess import CACHE_SCALE, PreprocessParams, load_cached, preprocess_image
+from mvmlm.data.preprocess import (
+    PreprocessParams,
+    from_cache_values,
+    load_cached,
+    preprocess_image,
+    to_cache_values,
+)
 from mvmlm.data.roi import NoRoiError
 from mvmlm.errors import InputError
 from mvmlm.inference.inputs import Inputs, collect
@@ -61,9 +67,7 @@ class NothingPredictedError(ValueError, InputError):
 
 def cache_values(image: np.ndarray) -> np.ndarray:
     """``image`` as the image cache stores and reads it back (16-bit rounding), float32 in [0, 1]."""
-    stored = np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16).astype(np.float32)
-    stored *= 1.0 / CACHE_SCALE
-    return stored
+    return from_cache_values(to_cache_values(image))
 
 
 @dataclass
