@@ -39,6 +39,8 @@ class Command:
         config: ``"package.module:Schema"`` of its typed config, importable without torch (``--help`` reads it).
         description: plain text shown first by ``--help``.
         flags: config keys also accepted as ``--flag VALUE`` (``--resume latest`` sets ``train.resume``).
+        list_flags: list-valued config keys also accepted as ``--flag A B C``.
+        switches: boolean config keys also accepted as ``--flag`` (sets them to true).
     """
 
     name: str
@@ -47,6 +49,8 @@ class Command:
     config: str
     description: str = ""
     flags: tuple[tuple[str, str], ...] = ()  # (flag, config key)
+    list_flags: tuple[tuple[str, str], ...] = ()  # (flag, config key of a list)
+    switches: tuple[tuple[str, str], ...] = ()  # (flag, config key of a bool)
 
     def parse(self, argv: Sequence[str] | None = None) -> Any:
         """The typed config of ``argv`` (``--config FILE``, flags, ``key=value``); ``--help`` prints and exits."""
@@ -58,7 +62,32 @@ class Command:
         parser = argparse.ArgumentParser(prog=prog, description=self.description or self.summary)
         for flag, key in self.flags:
             parser.add_argument(f"--{flag}", dest=key, metavar=key.rsplit(".", 1)[-1].upper(), help=f"same as {key}=")
-        return load_config(_load(self.config), argv, parser=parser)
+        for flag, key in self.list_flags:
+            name = key.rsplit(".", 1)[-1].upper()
+            parser.add_argument(f"--{flag}", dest=key, nargs="+", metavar=name, help=f"same as {key}=[...]")
+        for flag, key in self.switches:
+            parser.add_argument(f"--{flag}", dest=key, action="store_const", const="true", help=f"same as {key}=true")
+        if argv is None:
+            argv = sys.argv[1:]
+        return load_config(_load(self.config), self._lists_as_overrides(argv), parser=parser)
+
+    def _lists_as_overrides(self, argv: Sequence[str]) -> list[str]:
+        """``--flag A B C`` of a list flag as the override ``key=["A", "B", "C"]``: its values end at the next
+        ``-option`` or ``key=value`` (argparse's ``nargs`` would swallow the overrides that follow)."""
+        import json
+
+        keys = {f"--{flag}": key for flag, key in self.list_flags}
+        args, out = list(argv), []
+        while args:
+            arg = args.pop(0)
+            if arg not in keys:
+                out.append(arg)
+                continue
+            values = []
+            while args and not args[0].startswith("-") and "=" not in args[0]:
+                values.append(args.pop(0))
+            out.append(f"{keys[arg]}={json.dumps(values)}")
+        return out
 
     def run(self, argv: Sequence[str] | None = None) -> Any:
         """Import the command's ``main`` and call it with ``argv``."""

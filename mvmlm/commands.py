@@ -86,13 +86,14 @@ PREDICT = Command(
     "  mvmlm predict --model runs/finetune/models/unit --input /data/new_exams --out runs/predict",
     flags=(
         ("model", "model"),
-        ("input", "input"),
         ("out", "out"),
         ("device", "device"),
         ("workers", "workers"),
         ("rois", "rois"),
         ("root", "root"),
     ),
+    list_flags=(("input", "input"),),
+    switches=(("allow-for-processing", "allow_for_processing"),),
 )
 EMBED = Command(
     name="embed",
@@ -102,7 +103,9 @@ EMBED = Command(
     description="Writes OUT (parquet): one row per view (level=view) and per breast (level=breast, views pooled)\n"
     "with ids and the embedding, plus skipped.csv beside it.\n\n"
     "  mvmlm embed --model runs/pretrain/model --input /data/new_exams --out runs/embeddings.parquet",
-    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("workers", "workers")),
+    flags=(("model", "model"), ("out", "out"), ("device", "device"), ("workers", "workers")),
+    list_flags=(("input", "input"),),
+    switches=(("allow-for-processing", "allow_for_processing"),),
 )
 PUSH = Command(
     name="push",
@@ -112,6 +115,7 @@ PUSH = Command(
     description="  mvmlm push --model runs/finetune/models/unit --repo-id ORG/NAME [--private]\n"
     "The token comes from HF_TOKEN or `hf auth login`.",
     flags=(("model", "model"), ("repo-id", "repo_id")),
+    switches=(("private", "private"),),
 )
 EXPLAIN = Command(
     name="explain",
@@ -123,7 +127,9 @@ EXPLAIN = Command(
     "prompt, score, four-view attention weight). Classifier bundles: Grad-CAM on the encoder's last feature map;\n"
     "MV-CLIP bundles: similarity to prompt=TEXT. Research use only, not a medical device.\n\n"
     "  mvmlm explain --model runs/finetune/models/unit --input /data/new_exams --out runs/explain method=gradcam++",
-    flags=(("model", "model"), ("input", "input"), ("out", "out"), ("device", "device"), ("prompt", "prompt")),
+    flags=(("model", "model"), ("out", "out"), ("device", "device"), ("prompt", "prompt")),
+    list_flags=(("input", "input"),),
+    switches=(("allow-for-processing", "allow_for_processing"),),
 )
 EXPORT = Command(
     name="export",

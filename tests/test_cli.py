@@ -170,3 +170,21 @@ def test_python_dash_m_mvmlm_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "mvmlm", "--help"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "pretrain" in done.stdout
+
+
+def test_list_flags_take_several_values_and_switches_none():
+    from mvmlm.commands import PREDICT, PUSH
+
+    cfg = PREDICT.parse(
+        ["--model", "m", "--input", "a b.dcm", "c:/x", "--allow-for-processing", "--out", "o", "workers=0"]
+    )
+    assert cfg.input == ["a b.dcm", "c:/x"] and cfg.allow_for_processing is True and cfg.workers == 0
+    assert PUSH.parse(["--model", "m", "--repo-id", "o/n", "--private"]).private is True
+    assert PUSH.parse(["--model", "m", "--repo-id", "o/n"]).private is False
+
+
+def test_a_list_flag_stops_at_the_next_override():
+    from mvmlm.commands import PREDICT
+
+    cfg = PREDICT.parse(["--model", "m", "--input", "a", "b", "root=/data", "--out", "o"])
+    assert cfg.input == ["a", "b"] and cfg.root == "/data"

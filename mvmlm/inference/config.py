@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mvmlm.config import MISSING
 
-__all__ = ["InputConfig", "PredictConfig", "EmbedConfig", "PushConfig", "expand_argv"]
+__all__ = ["InputConfig", "PredictConfig", "EmbedConfig", "PushConfig"]
 
 
 @dataclass
@@ -49,23 +47,3 @@ class PushConfig:
     repo_id: str = MISSING  # org/name
     private: bool = False
     commit_message: str = "Upload mvmlm model bundle"  # the token: HF_TOKEN or `hf auth login`, as huggingface_hub
-
-
-def expand_argv(argv: Sequence[str], lists: Sequence[str] = (), switches: Sequence[str] = ()) -> list[str]:
-    """``--input a b c`` -> ``input=["a", "b", "c"]`` for the list flags, ``--private`` -> ``private=true`` for
-    the switches; everything else as given."""
-    out: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        name = arg[2:].replace("-", "_") if arg.startswith("--") else ""
-        if name in switches:
-            out.append(f"{name}=true")
-        elif name in lists:
-            values = []
-            while args and not args[0].startswith("-") and "=" not in args[0]:
-                values.append(args.pop(0))
-            out.append(f"{name}={json.dumps(values)}")
-        else:
-            out.append(arg)
-    return out

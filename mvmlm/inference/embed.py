@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +95,7 @@ def embed_paths(
 def main(argv: list[str] | None = None) -> dict:
     """``mvmlm embed``: write the embeddings parquet and skipped.csv beside it."""
     from mvmlm.commands import EMBED
-    from mvmlm.inference.config import expand_argv
 
-    argv = expand_argv(sys.argv[1:] if argv is None else argv, lists=["input"], switches=["allow_for_processing"])
     cfg = EMBED.parse(argv)
     result = embed_paths(
         load_model(cfg.model),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,11 +312,8 @@ def write_explanation(explanation: Explanation, out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """``mvmlm explain``: heatmaps and overlays per view into ``out``."""
     from mvmlm.commands import EXPLAIN
-    from mvmlm.inference.config import expand_argv
 
-    cfg = EXPLAIN.parse(
-        expand_argv(sys.argv[1:] if argv is None else argv, lists=["input"], switches=["allow_for_processing"])
-    )
+    cfg = EXPLAIN.parse(argv)
     bundle = load_model(cfg.model)
     explanation = explain_paths(
         bundle,

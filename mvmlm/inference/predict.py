@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -300,11 +299,8 @@ def predict_paths(
 def main(argv: list[str] | None = None) -> dict:
     """``mvmlm predict``: write predictions.csv / .parquet and skipped.csv into ``out``."""
     from mvmlm.commands import PREDICT
-    from mvmlm.inference.config import expand_argv
 
-    cfg = PREDICT.parse(
-        expand_argv(sys.argv[1:] if argv is None else argv, lists=["input"], switches=["allow_for_processing"])
-    )
+    cfg = PREDICT.parse(argv)
     bundle = load_model(cfg.model)
     result = predict_paths(
         bundle,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from mvmlm.bundle import load_model
 
@@ -15,9 +14,8 @@ log = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> str:
     """Load the bundle (every file checked against its manifest), then ``push_to_hub``; returns the commit URL."""
     from mvmlm.commands import PUSH
-    from mvmlm.inference.config import expand_argv
 
-    cfg = PUSH.parse(expand_argv(sys.argv[1:] if argv is None else argv, switches=["private"]))
+    cfg = PUSH.parse(argv)
     bundle = load_model(cfg.model)
     url = bundle.push_to_hub(cfg.repo_id, private=cfg.private, commit_message=cfg.commit_message)
     log.info("pushed %s (%s bundle) to %s: %s", cfg.model, bundle.kind, cfg.repo_id, url)
