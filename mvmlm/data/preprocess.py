@@ -39,7 +39,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from scipy import ndimage
 from mvmlm.batch import DEFAULT_MAX_FAILURES, check_max_failures, failure_summary
 from mvmlm.config import MISSING, ConfigError
 from mvmlm.data import dicom, schema
+from mvmlm.data.cache import TMP_MARK, from_cache_values, load_cached, read_cache_values, save_cached, to_cache_values
 from mvmlm.data.workers import run_isolated
 from mvmlm.errors import InputError
 from mvmlm.rundir import RunDir
@@ -71,6 +71,7 @@ __all__ = [
     "cache_file",
     "save_cached",
     "load_cached",
+    "read_cache_values",
     "preprocess_table",
     "read_cached_table",
     "main",
@@ -89,7 +90,6 @@ class NotCachedError(ValueError, InputError):
 
 #: bump when the preprocessing code changes its output, so old caches are not reused
 CACHE_VERSION = 1
-CACHE_SCALE = 65535
 TABLE_FILE = "table.parquet"
 FAILURES_FILE = "failures.csv"
 IMAGES_DIR = "images"
@@ -101,7 +101,6 @@ ROI_TABLE_FILE = "roi_table.parquet"
 ROI_FAILURES_FILE = "roi_failures.csv"
 CROPS_DIR = "crops"
 DEFAULT_TIMEOUT = 120.0  # seconds per image before its worker is killed
-_TMP_MARK = ".tmp"
 _BBOX_GRID = 512  # the breast mask is found on a grid of at most this many pixels per side
 
 
@@ -246,37 +245,6 @@ def cache_file(dataset: str, patient_id: str, image_id: str, kind: str = IMAGES_
     return Path(kind, _safe_name(dataset), _safe_name(patient_id), f"{_safe_name(image_id)}.npy")
 
 
-def save_cached(path: str | Path, image: np.ndarray) -> Path:
-    """Write a float [0, 1] image as uint16 ``.npy`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, to_cache_values(image))
-    os.replace(tmp, path)
-    return path
-
-
-def load_cached(path: str | Path) -> np.ndarray:
-    """Read a cached image as float32 in [0, 1]."""
-    stored = np.load(path, allow_pickle=False)
-    if stored.dtype != np.uint16 or stored.ndim != 2:
-        raise ValueError(f"{path}: not a cached image (expected a 2-D uint16 array, got {stored.dtype} {stored.shape})")
-    return from_cache_values(stored)
-
-
-def to_cache_values(image: np.ndarray) -> np.ndarray:
-    """A float [0, 1] image as the cache stores it: uint16 (rounded)."""
-    return np.round(np.clip(image, 0.0, 1.0) * CACHE_SCALE).astype(np.uint16)
-
-
-def from_cache_values(stored: np.ndarray) -> np.ndarray:
-    """Stored uint16 values as the float32 [0, 1] image training reads."""
-    image = stored.astype(np.float32)
-    image *= 1.0 / CACHE_SCALE
-    return image
-
-
 def _cache_one(source: str, target: str, params: PreprocessParams) -> None:
     """Read, preprocess and cache one image (in a worker process: a failure is recorded and the run goes on)."""
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its per-file ERROR lines would cover the progress bar
@@ -288,7 +256,7 @@ def _remove_partial_files(folder: Path) -> None:
     """Delete temporary files a killed run left behind."""
     for kind in (IMAGES_DIR, CROPS_DIR):
         if (folder / kind).is_dir():
-            for tmp in (folder / kind).rglob(f".*{_TMP_MARK}*"):
+            for tmp in (folder / kind).rglob(f".*{TMP_MARK}*"):
                 tmp.unlink(missing_ok=True)
 
 
