@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto  # one process per core (pytest-xdist); `python -m pytest` runs it serially
 
 demo: setup
 	$(VENV)/bin/mvmlm demo --config configs/demo.yaml

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +142,21 @@ def compare(saved: Path, cache_table: Path, root: Path, method: str = "gradcam",
     }
 
 
-def run(work: Path, exams: int = 96, epochs: int = 8, height: int = 96, width: int = 64, seed: int = 0) -> dict:
-    """Synthetic set -> cache -> fine-tune -> pointing game of trained, untrained and chance maps."""
+def run(
+    work: Path, exams: int = 96, epochs: int = 8, height: int = 96, width: int = 64, seed: int = 0, keep: str = ""
+) -> dict:
+    """Synthetic set -> cache -> fine-tune -> pointing game of trained, untrained and chance maps; ``keep``: a folder
+    to copy the trained bundle to (e.g. for the viewer screenshot, tests/inference/test_serve.py)."""
     root = work / "vindr"
     table = write_synthetic("vindr", root, exams=exams, seed=seed, height=2 * height, width=2 * width)
     params = PreprocessParams(height=height, width=width)
     schema.write_table(table, work / "table.parquet")
     preprocess_table(table, root, work / "cache", params, progress=False)
     cache_table = cache_folder(work / "cache", params) / "table.parquet"
-    return compare(fine_tune(cache_table, work / "finetune", epochs, seed), cache_table, root)
+    saved = fine_tune(cache_table, work / "finetune", epochs, seed)
+    if keep:
+        shutil.copytree(saved, keep, dirs_exist_ok=True)
+    return compare(saved, cache_table, root)
 
 
 def main() -> None:
@@ -157,10 +164,11 @@ def main() -> None:
     parser.add_argument("--exams", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", default="", help="copy the trained bundle to this folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
-        result = run(Path(work), exams=args.exams, epochs=args.epochs, seed=args.seed)
+        result = run(Path(work), exams=args.exams, epochs=args.epochs, seed=args.seed, keep=args.keep)
     print(json.dumps(result, indent=1))
     for name in ("trained", "untrained", "chance"):
         print(f"{name:>10}: pointing {result[name]['pointing']:.3f}  mass inside {result[name]['mass_inside']:.3f}")

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from mvmlm.errors import InputError
 
@@ -46,6 +48,8 @@ __all__ = [
     "verify_bundle",
     "model_class",
     "load_model",
+    "TEXT_ENCODER_DIR",
+    "include_text_encoder",
 ]
 
 #: bump when a bundle written now cannot be read by the code of an earlier version
@@ -54,6 +58,8 @@ ENTRY_POINT_GROUP = "mvmlm.models"
 MANIFEST_NAME = "manifest.json"
 CONFIG_JSON = "config.json"  # huggingface_hub.constants.CONFIG_NAME
 CARD_NAME = "README.md"
+TEXT_ENCODER_DIR = "text_encoder"  # a vendored frozen text encoder (--include-text-encoder)
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name, as the Hub spells it
 _UNHASHED = {MANIFEST_NAME, CARD_NAME}  # the card may be edited on the Hub; the facts it shows are in config.json
 _NOTICE = "Research use only: not a medical device, not for diagnosis or any clinical decision."
 
@@ -209,18 +215,21 @@ def resolve_bundle(
     unless cached; with ``HF_HUB_OFFLINE=1`` only the cache is read)."""
     if os.path.isdir(dir_or_repo_id):
         return Path(dir_or_repo_id)
-    if Path(dir_or_repo_id).exists() or str(dir_or_repo_id).count("/") != 1:
+    if Path(dir_or_repo_id).exists() or not _REPO_ID.fullmatch(str(dir_or_repo_id)):
         raise BundleError(f"{dir_or_repo_id}: neither a bundle directory nor a Hub repo id (org/name)")
-    return Path(
-        snapshot_download(
-            repo_id=str(dir_or_repo_id),
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=str(dir_or_repo_id),
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
         )
-    )
+    except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+        raise BundleError(f"{dir_or_repo_id}: not on the Hub nor in its cache ({type(error).__name__})") from error
 
 
 def model_class(kind: str) -> type[Bundle]:
@@ -243,6 +252,34 @@ def load_model(dir_or_repo_id: str | Path, **hub_kwargs: Any) -> Bundle:
     directory = resolve_bundle(dir_or_repo_id, **hub_kwargs)
     kind = read_manifest(directory).get("kind", "")
     return model_class(kind).from_pretrained(str(directory))
+
+
+def include_text_encoder(directory: str | Path) -> Path:
+    """Vendor the frozen text encoder a bundle references (by name + revision) into ``directory/text_encoder``
+    (weights and tokenizer as ``save_pretrained`` writes them) and re-hash the bundle: loading it then never touches
+    the Hub, for air-gapped sites. The encoder is read as usual (Hub cache, or downloaded) this once.
+
+    Raises:
+        BundleError: a bundle whose model has no frozen text encoder.
+    """
+    directory = Path(directory)
+    bundle = load_model(directory)
+    encoder = bundle.frozen_text_encoder()
+    if encoder is None:
+        raise BundleError(f"{directory}: a {bundle.kind} bundle has no frozen text encoder to include")
+    reference = {"model": encoder.model_name, "revision": encoder.revision, "dtype": str(encoder.dtype)}
+    bundle.config["text_encoder"] = {"vendored": TEXT_ENCODER_DIR, **reference}
+    bundle.save_pretrained(directory)
+    return directory / TEXT_ENCODER_DIR
+
+
+def _write_text_encoder(encoder: Any, target: Path) -> None:
+    """The loaded frozen text encoder's weights and tokenizer into ``target`` (unless it was read from there)."""
+    if Path(encoder.model_name).resolve() == target.resolve():
+        return
+    encoder.load()
+    encoder._model.save_pretrained(target)  # FrozenTextEncoder keeps the loaded transformers objects privately
+    encoder._tokenizer.save_pretrained(target)
 
 
 class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"]):
@@ -282,6 +319,42 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         ``(images, mask)`` of the same shapes) -> per head class probabilities ``(B, K)`` (breast level) or
         ``(B, 2, K)`` (exam level, sides L, R); further entries (e.g. ``attention (B, V)``) are reported too."""
         raise BundleError(f"a {self.kind} bundle does not predict classes; use embed")
+
+    def prepare_units(self, rows: Any, images: Any, covariates: str = "") -> tuple[Any, list[dict[str, str]]]:
+        """Before predicting: the units ``rows`` (``build_breasts`` / ``build_exams`` rows) with what the model needs
+        besides the images (e.g. a risk model's covariates, from the canonical ``images`` rows of the input and the
+        CSV ``covariates``), without the units it cannot predict, and ``skipped.csv`` rows ``{"path", "reason"}``
+        for their files. By default every unit, unchanged."""
+        if covariates:
+            raise BundleError(f"a {self.kind} bundle takes no covariates file")
+        return rows, []
+
+    def unit_columns(self, rows: Any, out: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The output columns of each unit of ``rows`` (one batch) from :meth:`predict_views`'s ``out``, for a bundle
+        that writes its own (e.g. a risk model's k-year risks); None: the per-head class probabilities."""
+        return None
+
+    #: ``mvmlm predict`` formats besides ``table`` and ``json``: each also writes ``predictions_<format>.csv``
+    formats: ClassVar[tuple[str, ...]] = ()
+
+    def format_predictions(self, predictions: Any, fmt: str) -> Any:
+        """``predictions`` (a DataFrame) in the layout ``fmt``, one of :attr:`formats`."""
+        raise BundleError(f"a {self.kind} bundle has no output format {fmt!r}")
+
+    def frozen_text_encoder(self) -> Any:
+        """The frozen text encoder (:class:`~mvmlm.models.text_encoders.FrozenTextEncoder`) the model references by
+        name + revision, or None; by default the module's ``text_encoder`` (MV-CLIP)."""
+        return getattr(self.module, "text_encoder", None)
+
+    def use_text_encoder(self, encoder: Any) -> None:
+        """Encode texts with ``encoder`` from now on (e.g. the bundle's vendored copy)."""
+        self.module.text_encoder = encoder
+
+    def unit_inputs(self, rows: Any) -> dict[str, Any]:
+        """Inputs besides the views for one batch of units (``rows``: what :meth:`prepare_units` returned, the batch's
+        rows) as tensors with one row per unit, given to :meth:`predict_views` by name (e.g. co-attention's metadata
+        text states); none by default."""
+        return {}
 
     def embed_images(self, images: Any) -> Any:
         """``(N, 1, H, W)`` -> ``(N, D)`` embeddings of the image tower."""
@@ -333,6 +406,8 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         directory = Path(save_directory)
         (directory / CARD_NAME).unlink(missing_ok=True)  # save_pretrained writes a fresh card afterwards
         self.write_files(directory)
+        if self.config.get("text_encoder"):
+            _write_text_encoder(self.frozen_text_encoder(), directory / TEXT_ENCODER_DIR)
         header = {"format_version": FORMAT_VERSION, "kind": self.kind, "level": self.level}
         (directory / CONFIG_JSON).write_text(json.dumps({**header, **self.config}, indent=2, default=str) + "\n")
         manifest = {**header, "files": _hashed_files(directory)}
@@ -363,7 +438,17 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
             raise BundleError(f"{directory / MANIFEST_NAME}: a {manifest.get('kind')!r} bundle, not {cls.kind!r}")
         stored = _read_json(directory / CONFIG_JSON)
         config = {k: v for k, v in stored.items() if k not in ("format_version", "kind", "level")}
-        return cls(cls.read_module(directory, config), config)
+        bundle = cls(cls.read_module(directory, config), config)
+        if (directory / TEXT_ENCODER_DIR).is_dir():
+            bundle._use_vendored_text_encoder(directory / TEXT_ENCODER_DIR)
+        return bundle
+
+    def _use_vendored_text_encoder(self, path: Path) -> None:
+        from mvmlm.models.text_encoders import FrozenTextEncoder
+
+        referenced = self.frozen_text_encoder()
+        dtype = str(referenced.dtype).removeprefix("torch.")
+        self.use_text_encoder(FrozenTextEncoder(str(path), None, referenced.max_length, dtype, local_files_only=True))
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card: what the model predicts, its data and metrics, provenance and intended use."""
@@ -374,6 +459,15 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         metrics = "\n".join(f"| {name} | {value} |" for name, value in card.metrics.items())
         prep = self.config.get("preprocessing", {})
         crop = "cropped to the breast, " if prep.get("crop") else ""
+        vendored = self.config.get("text_encoder")
+        encoder = self.frozen_text_encoder()
+        text_encoder = (
+            f"`{vendored['model']}` (revision `{vendored['revision']}`), included in `{vendored['vendored']}/`"
+            if vendored
+            else f"`{encoder.model_name}` (revision `{encoder.revision}`), read from the Hub (cache)"
+            if encoder is not None
+            else "none"
+        )
         body = f"""
 # {card.title}
 
@@ -411,6 +505,7 @@ or `mvmlm predict --model path/or/org-name --input exam_folder/ --out prediction
 
 ## Provenance
 - kind: `{self.kind}`, bundle format {FORMAT_VERSION}
+- text encoder: {text_encoder}
 - command: `{card.command or "not recorded"}`
 - git commit: `{card.commit or "not recorded"}`
 

@@ -41,6 +41,11 @@ class Command:
         flags: config keys also accepted as ``--flag VALUE`` (``--resume latest`` sets ``train.resume``).
         list_flags: list-valued config keys also accepted as ``--flag A B C``.
         switches: boolean config keys also accepted as ``--flag`` (sets them to true).
+        overwritable: whether ``--overwrite`` is offered (False where ``out`` is not one run's output but a root
+            shared by many, like the preprocess cache root whose folders are keyed by their inputs).
+
+    Every overwritable command whose config has an ``out`` key takes ``--overwrite``: what ``out`` holds is moved
+    aside to ``<out>.old-<time>`` (never deleted) before the command starts (:func:`mvmlm.rundir.overwrite_run`).
     """
 
     name: str
@@ -51,15 +56,26 @@ class Command:
     flags: tuple[tuple[str, str], ...] = ()  # (flag, config key)
     list_flags: tuple[tuple[str, str], ...] = ()  # (flag, config key of a list)
     switches: tuple[tuple[str, str], ...] = ()  # (flag, config key of a bool)
+    overwritable: bool = True
 
     def parse(self, argv: Sequence[str] | None = None) -> Any:
         """The typed config of ``argv`` (``--config FILE``, flags, ``key=value``); ``--help`` prints and exits."""
         import argparse
+        import dataclasses
 
         from mvmlm.config import load_config
 
         prog = f"mvmlm {self.name}"
+        schema = _load(self.config)
         parser = argparse.ArgumentParser(prog=prog, description=self.description or self.summary)
+        if argv is None:
+            argv = sys.argv[1:]
+        overwrite = False
+        has_out = dataclasses.is_dataclass(schema) and any(f.name == "out" for f in dataclasses.fields(schema))
+        if self.overwritable and has_out:
+            help_text = "move what out holds aside to OUT.old-<time> (nothing is deleted), then start afresh"
+            parser.add_argument("--overwrite", action="store_true", default=None, help=help_text)
+            overwrite, argv = "--overwrite" in argv, [arg for arg in argv if arg != "--overwrite"]
         for flag, key in self.flags:
             parser.add_argument(f"--{flag}", dest=key, metavar=key.rsplit(".", 1)[-1].upper(), help=f"same as {key}=")
         for flag, key in self.list_flags:
@@ -67,9 +83,12 @@ class Command:
             parser.add_argument(f"--{flag}", dest=key, nargs="+", metavar=name, help=f"same as {key}=[...]")
         for flag, key in self.switches:
             parser.add_argument(f"--{flag}", dest=key, action="store_const", const="true", help=f"same as {key}=true")
-        if argv is None:
-            argv = sys.argv[1:]
-        return load_config(_load(self.config), self._lists_as_overrides(argv), parser=parser)
+        cfg = load_config(schema, self._lists_as_overrides(argv), parser=parser)
+        if overwrite:
+            from mvmlm.rundir import overwrite_run
+
+            overwrite_run(cfg)
+        return cfg
 
     def _lists_as_overrides(self, argv: Sequence[str]) -> list[str]:
         """``--flag A B C`` of a list flag as the override ``key=["A", "B", "C"]``: its values end at the next

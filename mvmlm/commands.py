@@ -43,12 +43,22 @@ PREPROCESS = Command(
     summary="decode, crop and resize images into the 16-bit image cache",
     main="mvmlm.data.preprocess:main",
     config="mvmlm.data.preprocess:PreprocessConfig",
+    overwritable=False,  # OUT is a root of caches keyed by their inputs: a rerun resumes, it never overwrites
     description="Decodes every DICOM of a canonical table (VOI LUT, MONOCHROME1, chest wall left), crops to the\n"
-    "breast, resizes keeping the aspect ratio and caches a 16-bit .npy per image in OUT/<H>x<W>-<hash>/.\n"
-    "Resumable; unreadable files are listed in failures.csv. With roi.enabled=true, lesion crops (CBIS-DDSM masks,\n"
-    "VinDr boxes) are cached too, listed in roi_table.parquet beside table.parquet.\n\n"
+    "breast, resizes keeping the aspect ratio and caches a 16-bit file per image (cache_format: npy, png16 or\n"
+    "blosc2) in OUT/<H>x<W>-<hash>/. Resumable; unreadable files are listed in failures.csv. With roi.enabled=true,\n"
+    "lesion crops (CBIS-DDSM masks, VinDr boxes) are cached too, listed in roi_table.parquet beside table.parquet.\n"
+    "On a cluster: one run per shard (--shard-id I --num-shards N), then the same command with --merge.\n\n"
     "  mvmlm preprocess --table tables/vindr.parquet --root /data/vindr-mammo --out cache --workers 8",
-    flags=(("table", "table"), ("root", "root"), ("out", "out"), ("workers", "workers")),
+    flags=(
+        ("table", "table"),
+        ("root", "root"),
+        ("out", "out"),
+        ("workers", "workers"),
+        ("shard-id", "shard_id"),
+        ("num-shards", "num_shards"),
+    ),
+    switches=(("merge", "merge"),),
 )
 INFO = Command(
     name="info",
@@ -82,7 +92,9 @@ PREDICT = Command(
     config="mvmlm.inference.config:PredictConfig",
     description="Groups DICOM files into exams and breasts from their headers, preprocesses them as the bundle says\n"
     "and writes OUT/predictions.csv + .parquet (one row per breast; per exam too for four-view models; columns\n"
-    "prob_<head>_<class>) and OUT/skipped.csv (file, reason). Research use only, not a medical device.\n\n"
+    "prob_<head>_<class>; zero-shot tasks for MV-CLIP bundles, prompts from the bundle or --prompts FILE.yaml) and\n"
+    "OUT/skipped.csv (file, reason); --explain adds a heatmap per view in OUT/heatmaps (mvmlm explain's).\n"
+    "Research use only, not a medical device.\n\n"
     "  mvmlm predict --model runs/finetune/models/unit --input /data/new_exams --out runs/predict",
     flags=(
         ("model", "model"),
@@ -90,10 +102,13 @@ PREDICT = Command(
         ("device", "device"),
         ("workers", "workers"),
         ("rois", "rois"),
+        ("prompts", "prompts"),
+        ("covariates", "covariates"),
+        ("format", "format"),
         ("root", "root"),
     ),
     list_flags=(("input", "input"),),
-    switches=(("allow-for-processing", "allow_for_processing"),),
+    switches=(("allow-for-processing", "allow_for_processing"), ("explain", "explain")),
 )
 EMBED = Command(
     name="embed",
@@ -113,9 +128,11 @@ PUSH = Command(
     main="mvmlm.inference.push:main",
     config="mvmlm.inference.config:PushConfig",
     description="  mvmlm push --model runs/finetune/models/unit --repo-id ORG/NAME [--private]\n"
-    "The token comes from HF_TOKEN or `hf auth login`.",
+    "      [--include-text-encoder]\n"
+    "The token comes from HF_TOKEN or `hf auth login`. --include-text-encoder first copies the frozen text encoder\n"
+    "(MV-CLIP, co-attention) into the bundle, so that loading it never touches the Hub (air-gapped sites).",
     flags=(("model", "model"), ("repo-id", "repo_id")),
-    switches=(("private", "private"),),
+    switches=(("private", "private"), ("include-text-encoder", "include_text_encoder")),
 )
 EXPLAIN = Command(
     name="explain",
@@ -125,7 +142,8 @@ EXPLAIN = Command(
     description="Reads exams as `mvmlm predict` does and writes, per view, the heatmap OUT/<unit>_<slot>.npy (H x W\n"
     "in [0, 1], preprocessed image pixels) and its overlay .png, listed in OUT/explanations.csv (target class or\n"
     "prompt, score, four-view attention weight). Classifier bundles: Grad-CAM on the encoder's last feature map;\n"
-    "MV-CLIP bundles: similarity to prompt=TEXT. Research use only, not a medical device.\n\n"
+    "MV-CLIP bundles: similarity to prompt=TEXT, else one map per zero-shot class (prompts=FILE.yaml or the bundle's\n"
+    "prompt ensemble). Research use only, not a medical device.\n\n"
     "  mvmlm explain --model runs/finetune/models/unit --input /data/new_exams --out runs/explain method=gradcam++",
     flags=(("model", "model"), ("out", "out"), ("device", "device"), ("prompt", "prompt")),
     list_flags=(("input", "input"),),
@@ -133,12 +151,28 @@ EXPLAIN = Command(
 )
 EXPORT = Command(
     name="export",
-    summary="a bundle's image tower (with its head) as ONNX, checked against PyTorch with onnxruntime",
+    summary="a bundle's image model (with its heads) as ONNX, checked against PyTorch with onnxruntime",
     main="mvmlm.inference.export:main",
     config="mvmlm.inference.export_config:ExportConfig",
-    description="Writes OUT/model.onnx (input images (N, 1, H, W) preprocessed as `mvmlm predict` does, dynamic N;\n"
-    "fine-tuned classifiers: per-view embedding and logits, MV-CLIP: the image embedding) and OUT/export.json with\n"
-    "the max abs difference to PyTorch. Needs: pip install 'mvmlm[export]'.\n\n"
+    description="Writes OUT/model.onnx (inputs: views preprocessed as `mvmlm predict` feeds them, dynamic batch N;\n"
+    "fine-tuned classifiers: per-view embedding and logits; MV-CLIP: the image embedding; four-view: exams + view\n"
+    "mask -> per-side logits and attention; dual-stream: views (+ crops) and masks -> logits) and OUT/export.json\n"
+    "with the inputs, outputs and max abs difference to PyTorch. Selective-scan encoders (vssm, ...) are refused.\n"
+    "Needs: pip install 'mvmlm[export]'.\n\n"
     "  mvmlm export --model runs/finetune/models/unit --out runs/export",
     flags=(("model", "model"), ("out", "out"), ("format", "format")),
+)
+SERVE = Command(
+    name="serve",
+    summary="a web viewer (Gradio): one exam's four views with heatmaps and probabilities, from a model bundle",
+    main="mvmlm.inference.serve:main",
+    config="mvmlm.inference.serve_config:ServeConfig",
+    description="Upload the DICOM files of one exam (or pick a synthetic example exam) and see R-CC, L-CC / R-MLO,\n"
+    "L-MLO as hung (chest walls facing each other), each with a heatmap to toggle, the probabilities per head and\n"
+    "side (zero-shot scores for MV-CLIP bundles, nearest reports of --corpus DIR) and the files not used, with why.\n"
+    "Binds to 127.0.0.1; --share (a public Gradio link) is off. Needs: pip install 'mvmlm[serve]'.\n"
+    "Research use only, not a medical device.\n\n"
+    "  mvmlm serve --model runs/finetune/models/unit --port 7860",
+    flags=(("model", "model"), ("host", "host"), ("port", "port"), ("corpus", "corpus"), ("device", "device")),
+    switches=(("share", "share"),),
 )

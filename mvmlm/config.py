@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "DataConfig",
     "RENAMED_KEYS",
+    "config_file",
 ]
 
 T = TypeVar("T")
@@ -73,6 +74,7 @@ class DataConfig:
     eval_batch_size: int = 0  # 0 = batch_size
     num_workers: int = 0  # DataLoader worker processes
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_on: str = "auto"  # loader (CPU workers) | device (training device, whole batches) | auto (device on CUDA)
 
 
 @dataclass
@@ -364,3 +366,17 @@ def config_to_dict(cfg: Any) -> dict:
 def config_to_yaml(cfg: Any) -> str:
     """The resolved config as YAML text."""
     return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))
+
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]  # configs/ lives beside the packages in a source checkout
+
+
+def config_file(name: str) -> str:
+    """``name`` as given when it exists, else (if relative) resolved in the source tree; ConfigError if neither."""
+    path = Path(name)
+    if path.is_file():
+        return str(path)
+    found = SOURCE_TREE / path
+    if path.is_absolute() or not found.is_file():
+        raise ConfigError(f"config file not found: {name} (neither here nor in the source tree {SOURCE_TREE})")
+    return str(found)

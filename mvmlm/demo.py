@@ -4,14 +4,19 @@ Stages: synthetic VinDr-format exams (real DICOM + VinDr tables) -> canonical ta
 summary and a contact sheet PNG -> per-breast reports (template backend) -> tiny MV-CLIP pretraining -> linear
 probe of the pretrained model vs random init -> tiny four-view classifier -> risk prediction on synthetic
 EMBED-format follow-up (and the same with each exam paired with another exam's follow-up: the shuffled control) ->
-``report.html``. Everything lands in one run directory (``out``). Later stages run through the command registry,
-as a user would run the commands; each stage's config is ``configs/<stage>/demo.yaml`` plus ``overrides.<stage>``.
+with ``ablation=true``, a tiny MV-MLM Table 1 (``mvmlm pretrain-grid``: CLIP, MV-CLIP, MV-CLIP+Tr, each probed and
+fine-tuned) -> the four-view classifier saved as a bundle predicts exams it has never seen (synthetic DICOM files of
+another dataset's format, its tables deleted: ``mvmlm predict``) -> ``report.html``. Everything lands in one run
+directory (``out``). Later stages run through the command registry, as a user would run the commands; each stage's
+config is ``configs/<stage>/demo.yaml`` (the ablation's ``configs/pretrain/grid_demo.yaml``) plus
+``overrides.<stage>``.
 The checks (``metrics.json`` ``checks``, the page's first table) say for each planted signal whether its 95 %
 interval excludes chance.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -25,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mvmlm.cli import commands
-from mvmlm.config import ConfigError
+from mvmlm.config import config_file
 from mvmlm.data import schema
 from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, preprocess_table
 from mvmlm.data.sources import read_source
@@ -37,15 +42,15 @@ from mvmlm.rundir import RunDir
 __all__ = ["DemoConfig", "main"]
 
 log = logging.getLogger(__name__)
-SOURCE_TREE = Path(__file__).resolve().parents[1]  # configs/ lives beside the packages in a source checkout
 #: the config file of each model stage (found here, or else in the source tree)
 STAGE_CONFIGS = {
     "pretrain": "configs/pretrain/demo.yaml",
     "probe": "configs/probe/demo.yaml",
     "multiview": "configs/multiview/demo.yaml",
     "risk": "configs/risk/demo.yaml",
+    "ablation": "configs/pretrain/grid_demo.yaml",
 }
-STAGE_RUNS = [*STAGE_CONFIGS, "risk_shuffled"]  # run folders the demo replaces
+STAGE_RUNS = [*STAGE_CONFIGS, "risk_shuffled", "bundle", "predict", "data_predict"]  # run folders the demo replaces
 
 
 @dataclass
@@ -64,6 +69,10 @@ class DemoConfig:
     model_stages: bool = True  # pretraining, linear probe and four-view classifier (the slow part, ~minutes)
     pretrain_steps: int = 40
     risk_exams: int = 120  # synthetic EMBED-format exams (with risk follow-up) for the risk stage
+    ablation: bool = False  # also run a tiny MV-MLM Table 1 grid (configs/pretrain/grid_demo.yaml; minutes more)
+    predict_format: str = "rsna"  # native format of the unseen exams the saved bundle predicts (tables deleted)
+    predict_exams: int = 12
+    show_predictions: int = 5  # first prediction rows printed
     overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra key=value for its command
 
 
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = DEMO.parse(argv)
     # Tiny synthetic splits often hold one class: scikit-learn then warns on every confusion matrix.
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-    for name in [cfg.reports_config, *(STAGE_CONFIGS.values() if cfg.model_stages else [])]:
+    stages = [s for s in STAGE_CONFIGS if cfg.model_stages and (s != "ablation" or cfg.ablation)]
+    for name in [cfg.reports_config, *(STAGE_CONFIGS[s] for s in stages)]:
         config_file(name)  # fail before any stage runs
     run = RunDir.create(cfg.out, cfg)
     for stage in STAGE_RUNS:  # the demo rebuilds its data: an earlier demo's trained runs are replaced
@@ -119,17 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
     root = run.file("data")
     params = PreprocessParams(height=cfg.height, width=cfg.width)
     with timer.stage("data"):
-        log.info("1/9 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
+        log.info("1/10 writing %d synthetic %s exams to %s", cfg.exams, cfg.format, root)
         write_synthetic(
             cfg.format, root, exams=cfg.exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width
         )
-        log.info("2/9 reading the native tables into the canonical table")
+        log.info("2/10 reading the native tables into the canonical table")
         table = read_source(cfg.format, str(root), seed=cfg.seed)
         schema.write_table(table, run.file("table.parquet"))
-        log.info("3/9 preprocessing %d images into the cache", len(table))
+        log.info("3/10 preprocessing %d images into the cache", len(table))
         cached = preprocess_table(table, root, run.file("cache"), params, workers=cfg.workers)
         failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
-        log.info("4/9 summary and contact sheet")
+        log.info("4/10 summary and contact sheet")
         summary = summarize(table, failures)
         from mvmlm.data.contact_sheet import contact_sheet  # torch: only when the demo runs, not for --help
 
@@ -151,6 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
             summary["multiview"] = multiview(cfg, run, table)
         with timer.stage("risk"):
             summary["risk"] = risk(cfg, run, params, summary["pretrain"]["model_dir"])
+        if cfg.ablation:
+            with timer.stage("ablation"):
+                summary["ablation"] = ablation(cfg, run, table, run.file("reports"))
+        with timer.stage("predict"):
+            summary["predict"] = predict(cfg, run, Path(summary["multiview"]["run"]) / "best")
         summary["checks"] = checks(summary)
         print_checks(summary["checks"])
     summary["timings"] = timer.seconds
@@ -159,17 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  total {sum(timer.seconds.values()):.1f} s; run directory: {run.path}")
     summary["report"] = str(run_command("report", [str(run.path)]))  # prints the page's path, the last line
     return summary
-
-
-def config_file(name: str) -> str:
-    """``name`` as given when it exists, else (if relative) resolved in the source tree; ConfigError if neither."""
-    path = Path(name)
-    if path.is_file():
-        return str(path)
-    found = SOURCE_TREE / path
-    if path.is_absolute() or not found.is_file():
-        raise ConfigError(f"config file not found: {name} (neither here nor in the source tree {SOURCE_TREE})")
-    return str(found)
 
 
 def run_command(name: str, argv: list[str]):
@@ -181,7 +185,7 @@ def run_command(name: str, argv: list[str]):
 def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
     """Stage 5: reports per breast with the template backend; prints a few."""
     out = run.file("reports")
-    log.info("5/9 writing per-breast reports (%s)", cfg.reports_config)
+    log.info("5/10 writing per-breast reports (%s)", cfg.reports_config)
     metrics = run_command(
         "reports",
         [
@@ -209,20 +213,24 @@ def stage_args(cfg: DemoConfig, stage: str, args: list[str]) -> list[str]:
     return ["--config", config_file(STAGE_CONFIGS[stage.split("_")[0]]), *args, *cfg.overrides.get(stage, [])]
 
 
-def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
-    """Stage 6: a tiny MV-CLIP on the synthetic breasts and reports (tiny random text encoder: no download)."""
-    log.info("6/9 pretraining a tiny MV-CLIP (%d steps)", cfg.pretrain_steps)
-    texts = sorted(set(pd.read_parquet(sorted((corpus / "parts").glob("part-*.parquet"))).report))
-    bert = write_tiny_text_model(run.file("tiny_text_model"), texts)
-    args = [
-        f"data.table={table}",
-        f"data.corpus={corpus}",
-        f"model.text.model={bert}",
-        f"out={run.file('pretrain')}",
+def pretrain_settings(cfg: DemoConfig, run: RunDir) -> list[str]:
+    """What the demo sets in every pretraining (its own and the ablation's): text model, image size, steps and
+    ``overrides.pretrain``."""
+    return [
+        f"model.text.model={run.file('tiny_text_model')}",
         f"model.image.image_size=[{cfg.height},{cfg.width}]",
         f"train.max_steps={cfg.pretrain_steps}",
+        *cfg.overrides.get("pretrain", []),
     ]
-    res = run_command("pretrain", stage_args(cfg, "pretrain", args))
+
+
+def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
+    """Stage 6: a tiny MV-CLIP on the synthetic breasts and reports (tiny random text encoder: no download)."""
+    log.info("6/10 pretraining a tiny MV-CLIP (%d steps)", cfg.pretrain_steps)
+    texts = sorted(set(pd.read_parquet(sorted((corpus / "parts").glob("part-*.parquet"))).report))
+    write_tiny_text_model(run.file("tiny_text_model"), texts)
+    args = [f"data.table={table}", f"data.corpus={corpus}", f"out={run.file('pretrain')}", *pretrain_settings(cfg, run)]
+    res = run_command("pretrain", ["--config", config_file(STAGE_CONFIGS["pretrain"]), *args])
     before, after = res["before"]["val"], res["after"]["val"]
     print(
         f"\npretraining: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; held-out image->text R@5 "
@@ -239,7 +247,7 @@ def pretrain(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
 
 def probe(cfg: DemoConfig, run: RunDir, table: Path, model_dir: str) -> dict:
     """Stage 7: linear probe of the pretrained tiny model vs its random init (prints the table)."""
-    log.info("7/9 linear probe: pretrained vs random init")
+    log.info("7/10 linear probe: pretrained vs random init")
     args = [
         f"data.table={table}",
         f"encoders.mvmlm.checkpoint={model_dir}",
@@ -252,7 +260,7 @@ def probe(cfg: DemoConfig, run: RunDir, table: Path, model_dir: str) -> dict:
 
 def multiview(cfg: DemoConfig, run: RunDir, table: Path) -> dict:
     """Stage 8: a tiny four-view classifier (BI-RADS 4-5 stands in for malignancy: VinDr has no pathology)."""
-    log.info("8/9 four-view classifier")
+    log.info("8/10 four-view classifier")
     args = [f"data.table={table}", f"data.image_size=[{cfg.height},{cfg.width}]", f"out={run.file('multiview')}"]
     results = run_command("multiview", stage_args(cfg, "multiview", args))
     print("\n" + "\n".join(results["summary_lines"]))
@@ -273,7 +281,7 @@ def shuffled_follow_up(table: pd.DataFrame, seed: int) -> pd.DataFrame:
 def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str) -> dict:
     """Stage 9: risk prediction on synthetic EMBED-format exams (VinDr has no follow-up) from the pretrained
     embeddings, then the same with shuffled follow-up (the control a real signal must beat)."""
-    log.info("9/9 risk prediction on %d synthetic EMBED-format exams", cfg.risk_exams)
+    log.info("9/10 risk prediction on %d synthetic EMBED-format exams", cfg.risk_exams)
     root = run.file("data_embed")
     write_synthetic(
         "embed", root, exams=cfg.risk_exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width
@@ -294,6 +302,55 @@ def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str)
         ]
         results[name] = run_command("risk", stage_args(cfg, name, args))["models"]
     return {"run": str(run.file("risk")), "models": results["risk"], "shuffled": results["risk_shuffled"]}
+
+
+def ablation(cfg: DemoConfig, run: RunDir, table: Path, corpus: Path) -> dict:
+    """A tiny MV-MLM Table 1 (``mvmlm pretrain-grid``): CLIP, MV-CLIP and MV-CLIP+Tr pretrained as in stage 6, each
+    probed and fine-tuned on the demo's breasts (prints the table)."""
+    log.info("9b/10 ablation: MV-MLM Table 1 protocol (CLIP, MV-CLIP, MV-CLIP+Tr)")
+    args = [
+        f"table={table}",
+        f"corpus={corpus}",
+        f"pretrain={json.dumps(pretrain_settings(cfg, run))}",
+        f"out={run.file('ablation')}",
+    ]
+    result = run_command("pretrain-grid", stage_args(cfg, "ablation", args))
+    return {"run": str(run.file("ablation")), "failed": result["failed"], "results": result["results"]}
+
+
+def predict(cfg: DemoConfig, run: RunDir, model: Path) -> dict:
+    """Last stage: the four-view classifier saved as a bundle (``bundle/``) predicts exams it has never seen: synthetic
+    DICOM files in another dataset's layout with its tables deleted, grouped into exams from their headers alone."""
+    import mvmlm
+
+    log.info("10/10 saving the four-view classifier as a bundle; predicting unseen %s DICOM files", cfg.predict_format)
+    bundle = run.file("bundle")
+    mvmlm.load_model(model).save_pretrained(bundle)
+    root = run.file("data_predict")
+    write_synthetic(
+        cfg.predict_format,
+        root,
+        exams=cfg.predict_exams,
+        seed=cfg.seed + 1,
+        height=cfg.source_height,
+        width=cfg.source_width,
+    )
+    for path in [p for p in root.rglob("*") if p.is_file() and p.suffix != ".dcm"]:
+        path.unlink()  # the dataset's tables and the synthetic truth: only DICOM files are left
+    out = run.file("predict")
+    args = ["--model", str(bundle), "--input", str(root), "--out", str(out), f"workers={cfg.workers}", "progress=false"]
+    args.append("--explain")  # a Grad-CAM heatmap per view in predict/heatmaps/, shown in the report
+    run_command("predict", args)
+    rows = pd.read_csv(out / "predictions.csv")
+    skipped = pd.read_csv(out / "skipped.csv")
+    breasts = rows[rows.level == "breast"]
+    columns = ["laterality", "views", "missing_views", *(c for c in rows.columns if c.startswith("prob_"))]
+    levels = ", ".join(f"{n} {level}s" for level, n in rows.level.value_counts().items())
+    print(f"\npredict: {levels} from unseen {cfg.predict_format}-format DICOM files; {len(skipped)} files skipped")
+    print(f"  ({out / 'skipped.csv'}); the first breasts of {out / 'predictions.csv'} (ids left out):")
+    print(breasts[columns].head(cfg.show_predictions).fillna("").to_string(index=False, float_format="{:.3f}".format))
+    print(f"  heatmaps of every view: {out / 'heatmaps'}")
+    return {"run": str(out), "bundle": str(bundle), "rows": int(len(rows)), "skipped": int(len(skipped))}
 
 
 def _check(stage: str, claim: str, value: float, low: float, high: float, chance: float, baseline=None) -> dict:
@@ -333,9 +390,9 @@ def checks(summary: dict) -> list[dict]:
         pooled = sides["pooled"]
         found.append(_check("multiview", f"test {task} AUC", pooled["auc"], pooled["auc_low"], pooled["auc_high"], 0.5))
     for model, values in summary["risk"]["models"].items():
-        c, control = values["harrell_c"], summary["risk"]["shuffled"][model]["harrell_c"]["value"]
-        claim = f"{model} Harrell's C"
-        found.append(_check("risk", claim, c["value"], c["low"], c["high"], 0.5, ("shuffled control", control)))
+        c, shuffled = values["harrell_c"], summary["risk"]["shuffled"].get(model)  # the control may fit fewer inputs
+        control = ("shuffled control", shuffled["harrell_c"]["value"]) if shuffled else None
+        found.append(_check("risk", f"{model} Harrell's C", c["value"], c["low"], c["high"], 0.5, control))
     return found
 
 

@@ -9,7 +9,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from typing import Any
 from mvmlm.config import ConfigError, config_to_yaml
 from mvmlm.errors import RunFinished
 
-__all__ = ["RunDir", "TRAINING_STATE", "git_commit", "package_versions"]
+__all__ = ["RunDir", "TRAINING_STATE", "confirm_runs", "git_commit", "move_aside", "overwrite_run", "package_versions"]
+
+log = logging.getLogger(__name__)
 
 #: what a trainer leaves in its run directory; a new run (resume none) into a folder holding one is refused
 TRAINING_STATE = ("checkpoints", "units", "finished", "train_log.jsonl")
@@ -79,6 +81,53 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return f"{head}+dirty" if dirty else head
 
 
+def _occupied(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def move_aside(out: str | Path) -> Path | None:
+    """Move ``out`` (a non-empty folder or a file) to ``<out>.old-<time>`` beside it; nothing is deleted. Returns
+    where it went (None when there was nothing to move)."""
+    out = Path(out)
+    if not _occupied(out):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target, n = out.with_name(f"{out.name}.old-{stamp}"), 0
+    while target.exists():
+        n += 1
+        target = out.with_name(f"{out.name}.old-{stamp}-{n}")
+    _detach_run_logs()  # an earlier run of this process logging into out is over
+    out.rename(target)
+    log.warning("--overwrite: moved the earlier %s aside to %s (nothing was deleted)", out, target)
+    return target
+
+
+def overwrite_run(cfg: Any, wait_s: float = 600.0) -> Path | None:
+    """``--overwrite``: a new run into ``cfg.out`` in place of what is there, which is moved aside (:func:`move_aside`).
+
+    In a distributed launch only the first process (``RANK`` 0) moves it; the others wait (up to ``wait_s``) until
+    it has, since none can write before all have started.
+
+    Raises:
+        ConfigError: together with ``train.resume`` continuing a run (the two contradict each other); an empty ``out``
+            or one holding the current directory.
+    """
+    resume = getattr(getattr(cfg, "train", None), "resume", "none")
+    if resume not in ("", "none"):
+        raise ConfigError(f"--overwrite starts a new run and cannot continue one (train.resume={resume}); drop one")
+    if not cfg.out:
+        raise ConfigError("--overwrite: key 'out' is empty; name the folder to start afresh in")
+    out = Path(cfg.out)
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"--overwrite: out={cfg.out} holds the current directory; it is not moved aside")
+    if int(os.environ.get("RANK", "0")) == 0:
+        return move_aside(out)
+    deadline = time.monotonic() + wait_s
+    while _occupied(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return None
+
+
 def _same_settings(cfg: Any, path: Path) -> bool:
     """Whether ``cfg`` equals the config recorded at ``path``, apart from how the run was started (train.resume)."""
     import yaml
@@ -93,11 +142,51 @@ def _same_settings(cfg: Any, path: Path) -> bool:
     return settings(yaml.safe_load(config_to_yaml(cfg))) == settings(yaml.safe_load(path.read_text()))
 
 
+class _RunLog(logging.FileHandler):
+    """``log.txt`` of a run; while ``held`` its records wait in memory (nothing is written until :meth:`write_held`)."""
+
+    def __init__(self, path: Path, held: bool) -> None:
+        super().__init__(path, delay=held)  # a held log opens its file only when its records are written
+        self.held: list[logging.LogRecord] | None = [] if held else None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            super().emit(record)
+
+    def write_held(self) -> None:
+        held, self.held = self.held or [], None
+        for record in held:
+            super().emit(record)
+
+
+def _detach_run_logs() -> None:
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RunLog)]:
+        root.removeHandler(old)
+        old.close()
+
+
+#: continued runs whose records (config, provenance, log lines) wait until the resume is confirmed, by path
+_PENDING: dict[Path, RunDir] = {}
+
+
+def confirm_runs(workdir: str | Path) -> None:
+    """Write the held records of the continued runs at ``workdir`` or above it: the training state there was accepted
+    (:class:`~mvmlm.training.Engine` calls this once it has checked the checkpoint's layout)."""
+    where = Path(workdir).resolve()
+    for path in [p for p in _PENDING if p == where or p in where.parents]:
+        _PENDING[path].confirm()
+
+
 @dataclass
 class RunDir:
     """A run directory holding ``config.yaml``, ``provenance.json``, ``metrics.json`` and ``log.txt``."""
 
     path: Path
+    #: a continued run's own records, written by :meth:`confirm` (``{relative name: text}``)
+    held: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, out: str | Path, cfg: Any, *, main_process: bool = True, resume: str | None = None) -> RunDir:
@@ -109,7 +198,9 @@ class RunDir:
             resume: a trainer's ``train.resume``. With ``none``, a folder that already holds a run's training state
                 is refused (nothing is written), so a rerun never destroys an earlier run. When continuing a run
                 (``latest`` or a path), its own ``config.yaml`` / ``provenance.json`` stay as they are and this
-                invocation's go to ``resumes/<time>/``; a run that finished (it wrote ``metrics.json``) raises
+                invocation's go to ``resumes/<time>/``, written (with this invocation's lines of ``log.txt``) only
+                once the resume is confirmed (:func:`confirm_runs`, or a first write here), so a refused resume
+                touches nothing; a run that finished (it wrote ``metrics.json``) raises
                 :class:`~mvmlm.errors.RunFinished` and is left untouched.
         """
         run = cls(Path(out))
@@ -123,12 +214,8 @@ class RunDir:
                 )
         if continuing and run.file("metrics.json").is_file() and _same_settings(cfg, run.file("config.yaml")):
             raise RunFinished(f"{run.path} holds a finished run with these settings (metrics.json); nothing to do")
+        _PENDING.clear()  # one run at a time per process (like its log): an earlier refused run's records are dropped
         if main_process:
-            run.path.mkdir(parents=True, exist_ok=True)
-            record = run
-            if continuing and run.file("config.yaml").is_file():
-                record = cls(run.file(f"resumes/{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
-            record.write_text("config.yaml", config_to_yaml(cfg))
             provenance = {
                 "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -136,16 +223,37 @@ class RunDir:
                 "git_commit": git_commit(),
                 "packages": package_versions(),
             }
-            record.write_json("provenance.json", provenance)
-            run.attach_log()
+            records = {"config.yaml": config_to_yaml(cfg), "provenance.json": json.dumps(provenance, indent=2) + "\n"}
+            if continuing and run.file("config.yaml").is_file():
+                folder = f"resumes/{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+                run.held = {f"{folder}/{name}": text for name, text in records.items()}
+                _PENDING[run.path.resolve()] = run
+            else:
+                run.path.mkdir(parents=True, exist_ok=True)
+                for name, text in records.items():
+                    run.write_text(name, text)
+            run.attach_log(held=bool(run.held))
         return run
+
+    def confirm(self) -> None:
+        """Write a continued run's held records (its ``resumes/<time>/`` config and provenance, its log lines)."""
+        _PENDING.pop(self.path.resolve(), None)
+        held, self.held = self.held, {}
+        for name, text in held.items():
+            self.write_text(name, text)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, _RunLog) and handler.baseFilename == os.path.abspath(self.file("log.txt")):
+                handler.write_held()
 
     def file(self, name: str) -> Path:
         """Path of ``name`` inside the run directory."""
         return self.path / name
 
     def write_text(self, name: str, text: str) -> Path:
-        """Write ``text`` atomically (temporary file + rename) and return its path."""
+        """Write ``text`` atomically (temporary file + rename) and return its path (a continued run's held records
+        first)."""
+        if self.held:
+            self.confirm()
         target = self.file(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
@@ -161,16 +269,13 @@ class RunDir:
         """Write ``metrics.json``."""
         return self.write_json("metrics.json", metrics)
 
-    def attach_log(self, level: int = logging.INFO) -> None:
-        """Send log records (of every package, at ``level`` and above) to ``log.txt`` here; a previous run
-        directory's log file is detached."""
-        handler = logging.FileHandler(self.file("log.txt"))
+    def attach_log(self, level: int = logging.INFO, *, held: bool = False) -> None:
+        """Send log records (of every package, at ``level`` and above) to ``log.txt`` here (``held``: kept in memory
+        until :meth:`confirm`); a previous run directory's log file is detached."""
+        handler = _RunLog(self.file("log.txt"), held)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
-        handler._mvmlm_run_log = True  # type: ignore[attr-defined]
+        _detach_run_logs()
         root = logging.getLogger()
-        for old in [h for h in root.handlers if getattr(h, "_mvmlm_run_log", False)]:
-            root.removeHandler(old)
-            old.close()
         root.setLevel(min(root.level, level))
         root.addHandler(handler)

@@ -13,14 +13,15 @@ pad it with repeated samples, which a contrastive loss treats as false negatives
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from mvmlm.data.device_augment import IDENTITY, DeviceAugment
 from mvmlm.data.exams import BreastDataset, build_breasts
 from mvmlm.data.leakage import check_patient_splits
 from mvmlm.data.preprocess import read_cached_table
@@ -28,7 +29,16 @@ from mvmlm.data.transforms import AugmentConfig, RandomAffine, derive_seed
 from mvmlm.losses import text_group_ids
 from mvmlm.models.text_encoders import TextFeatureCache
 
-__all__ = ["read_reports", "load_breasts", "derive_seed", "EpochSampler", "PretrainDataset", "Collate", "make_loader"]
+__all__ = [
+    "read_reports",
+    "load_breasts",
+    "derive_seed",
+    "EpochSampler",
+    "PretrainDataset",
+    "Collate",
+    "device_hook",
+    "make_loader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +120,20 @@ class PretrainDataset(Dataset):
         seed: drives the variant and augmentation draws together with the epoch and the index.
         train: draw a report variant per epoch (else always variant 0).
         augment: random affine parameters (training only; None = no augmentation).
+        device: augment on the training device instead: items hold the stored uint16 images and their ``affine``
+            ``(2, 5)`` parameters, drawn as the loader would draw them (``augment`` is then unused).
     """
 
-    def __init__(self, breasts: pd.DataFrame, seed: int, train: bool, augment: AugmentConfig | None = None) -> None:
-        self.views = BreastDataset(breasts, labels=())
+    def __init__(
+        self,
+        breasts: pd.DataFrame,
+        seed: int,
+        train: bool,
+        augment: AugmentConfig | None = None,
+        device: DeviceAugment | None = None,
+    ) -> None:
+        self.device = device if train else None
+        self.views = BreastDataset(breasts, labels=(), device=DeviceAugment(None) if self.device else None)
         self.reports: list[list[str]] = list(breasts["reports"])
         self.seed, self.train, self.augment, self.epoch = seed, train, augment if train else None, 0
 
@@ -131,15 +151,21 @@ class PretrainDataset(Dataset):
         item = self.views[index]
         variants = self.reports[index]
         images, text = item["images"], variants[0]
+        extra = {}
         if self.train:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index + 1))
             text = variants[int(torch.randint(len(variants), (), generator=generator))]
-            if self.augment is not None:
+            present = item["mask"].tolist()
+            if self.device is not None:
+                draws = [
+                    self.device.draw(v.shape, generator) if p else torch.tensor(IDENTITY)
+                    for v, p in zip(images, present, strict=True)
+                ]
+                extra["affine"] = torch.stack(draws)
+            elif self.augment is not None:
                 affine = RandomAffine(self.augment, generator)
-                images = torch.stack(
-                    [affine(v) if present else v for v, present in zip(images, item["mask"], strict=True)]
-                )
-        return {"images": images, "mask": item["mask"], "text": text, "id": item["id"], "index": index}
+                images = torch.stack([affine(v) if p else v for v, p in zip(images, present, strict=True)])
+        return {"images": images, "mask": item["mask"], "text": text, "id": item["id"], "index": index, **extra}
 
 
 @dataclass
@@ -150,7 +176,7 @@ class Collate:
     text_cache: TextFeatureCache | None = None
 
     def __call__(self, items: Sequence[dict]) -> dict:
-        images = torch.stack([item["images"] for item in items])
+        images = default_collate([item["images"] for item in items])  # in a worker: straight into shared memory
         masks = torch.stack([item["mask"] for item in items])
         texts = [item["text"] for item in items]
         batch = {
@@ -163,9 +189,24 @@ class Collate:
             "ids": [item["id"] for item in items],
             "index": torch.tensor([item["index"] for item in items]),
         }
+        if "affine" in items[0]:
+            batch["affine"] = torch.stack([item["affine"] for item in items])
         if self.text_cache is not None:
             batch["text_hidden"], batch["text_mask"] = self.text_cache(texts)
         return batch
+
+
+def device_hook(device: DeviceAugment) -> Callable[[dict], dict]:
+    """The engine's batch hook of device augmentation for :class:`Collate` batches (``cc``, ``mlo``, ``affine``)."""
+
+    def on_device(batch: dict) -> dict:
+        return {
+            **batch,
+            "cc": device(batch["cc"], batch["affine"][:, 0]),
+            "mlo": device(batch["mlo"], batch["affine"][:, 1]),
+        }
+
+    return on_device
 
 
 def make_loader(
@@ -176,6 +217,7 @@ def make_loader(
     seed: int,
     num_workers: int,
     text_cache: TextFeatureCache | None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A loader, shuffled by an :class:`EpochSampler` (the engine sets its epoch) with ``drop_last`` for training,
     in order for evaluation."""
@@ -188,7 +230,7 @@ def make_loader(
         collate_fn=Collate(text_cache),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
     )
     if train and len(loader) == 0:
         raise ValueError(f"{len(dataset)} training breasts are fewer than one batch of {batch_size}")

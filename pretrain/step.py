@@ -4,7 +4,8 @@ With ``k`` micro-batches per step (open_clip's ``--accum-freq``): a no-grad forw
 their features; then each micro-batch is forwarded again with gradients, its fresh features are spliced into the
 cached ones and the loss over the *whole* accumulated batch is back-propagated. Summed over the micro-batches
 this is exactly the gradient of one batch ``k`` times as large (every loss sees all of its negatives), at the
-cost of one extra forward per micro-batch. The logit scale enters every pass, so it keeps its gradient in one
+cost of one extra forward per micro-batch (of the trained towers: a live frozen text encoder runs once per
+micro-batch, its output serving both passes). The logit scale enters every pass, so it keeps its gradient in one
 pass only; otherwise its gradient would be counted ``k`` times. A non-finite loss raises before any backward.
 
 Every backward runs under ``accelerator.no_sync`` and the gradients are averaged over processes once afterwards
@@ -27,7 +28,7 @@ from mvmlm.losses import MultiViewClipLoss
 from mvmlm.models.text_encoders import FrozenTextEncoder
 from mvmlm.training import Engine, average_gradients, check_finite
 
-__all__ = ["Features", "forward_features", "contrastive_backward", "ContrastiveStep"]
+__all__ = ["Features", "with_text_features", "forward_features", "contrastive_backward", "ContrastiveStep"]
 
 
 @dataclass
@@ -45,20 +46,25 @@ class Features:
         return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("cc", "mlo", "text")), scale)
 
 
+def with_text_features(batch: dict, text_encoder: FrozenTextEncoder | None = None) -> dict:
+    """``batch`` with ``text_hidden``/``text_mask``: its own (the cache) or, without them, those of the frozen
+    ``text_encoder`` run on ``batch["texts"]`` on the images' device (a shallow copy; ``batch`` is not changed)."""
+    if "text_hidden" in batch:
+        return batch
+    if text_encoder is None:
+        raise ValueError("the batch has no cached text features and no text encoder was given")
+    hidden, mask = text_encoder.encode(batch["texts"], device=batch["cc"].device)
+    return {**batch, "text_hidden": hidden, "text_mask": mask}
+
+
 def forward_features(model: nn.Module, batch: dict, text_encoder: FrozenTextEncoder | None = None) -> Features:
     """Both views and the report of every breast through ``model`` (an MVCLIP, possibly DDP-wrapped).
 
-    Text comes from ``batch["text_hidden"]``/``["text_mask"]`` (the cache) or, without them, from running the
-    frozen ``text_encoder`` on ``batch["texts"]`` on the images' device.
+    Text as :func:`with_text_features` gives it.
     """
+    batch = with_text_features(batch, text_encoder)
     images = torch.cat([batch["cc"], batch["mlo"]])
-    if "text_hidden" in batch:
-        hidden, mask = batch["text_hidden"], batch["text_mask"]
-    else:
-        if text_encoder is None:
-            raise ValueError("the batch has no cached text features and no text encoder was given")
-        hidden, mask = text_encoder.encode(batch["texts"], device=images.device)
-    image_features, text_features, scale = model(images, text_hidden=hidden, text_mask=mask)
+    image_features, text_features, scale = model(images, text_hidden=batch["text_hidden"], text_mask=batch["text_mask"])
     cc, mlo = image_features.chunk(2)
     return Features(cc, mlo, text_features, scale)
 
@@ -94,6 +100,7 @@ def contrastive_backward(
             check_finite(accelerator, losses["loss"], step, ids)
             accelerator.backward(losses["loss"])
         else:
+            micro_batches = [with_text_features(b, text_encoder) for b in micro_batches]  # once, for both passes
             with torch.no_grad():
                 cached = [forward_features(model, b, text_encoder) for b in micro_batches]
                 losses = _loss(loss_fn, Features.cat(cached, cached[0].scale), micro_batches)

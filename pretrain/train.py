@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader
 
 from mvmlm.bundle import ModelCardInfo, bundle_config, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict
+from mvmlm.data.device_augment import device_augment_for
 from mvmlm.losses import MultiViewClipLoss
 from mvmlm.models.mvclip import MVCLIP, MVCLIPBundle
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
 from mvmlm.training import Engine, FitResult
 from pretrain.config import PretrainConfig
-from pretrain.data import PretrainDataset, load_breasts, make_loader, read_reports
+from pretrain.data import PretrainDataset, device_hook, load_breasts, make_loader, read_reports
 from pretrain.evaluate import Evaluator
 from pretrain.step import ContrastiveStep
 
@@ -78,6 +79,7 @@ class Pretraining:
     train_breasts: int
     step: ContrastiveStep  # the engine's backward
     evaluator: Evaluator  # retrieval on the prepared evaluation loaders
+    on_device: Callable[[dict], dict] | None = None  # the engine's batch hook (device augmentation)
 
 
 def _text_cache(cfg: PretrainConfig, engine: Engine, model: MVCLIP, texts: list[str]) -> TextFeatureCache:
@@ -103,7 +105,9 @@ def setup(cfg: PretrainConfig, engine: Engine) -> Pretraining:
     train_rows = load_breasts(d.table, d.train_split, reports)
     val_rows = load_breasts(d.table, d.val_split, reports)
     seed = cfg.train.seed
-    train_set = PretrainDataset(train_rows, seed, train=True, augment=d.augment if d.augment.enabled else None)
+    device = device_augment_for(d, engine.device)
+    augment = d.augment if d.augment.enabled else None
+    train_set = PretrainDataset(train_rows, seed, train=True, augment=augment, device=device)
     eval_sets = {"val": PretrainDataset(val_rows, seed, train=False)} if len(val_rows) else {}
     if not len(val_rows):
         log.warning("no breasts in split %r of %s: validation is skipped", d.val_split, d.table)
@@ -119,7 +123,12 @@ def setup(cfg: PretrainConfig, engine: Engine) -> Pretraining:
     cache = _text_cache(cfg, engine, model, texts) if d.cached_text else None
     live_text = None if d.cached_text else encoder
 
-    loader_args = {"seed": seed, "num_workers": d.num_workers, "text_cache": cache}
+    loader_args = {
+        "seed": seed,
+        "num_workers": d.num_workers,
+        "text_cache": cache,
+        "pin_memory": acc.device.type == "cuda",
+    }
     train_loader = make_loader(train_set, d.batch_size, train=True, **loader_args)
     eval_batch = d.eval_batch_size or d.batch_size
     eval_loaders = {
@@ -135,7 +144,7 @@ def setup(cfg: PretrainConfig, engine: Engine) -> Pretraining:
         ks=list(cfg.eval.ks),
         text_encoder=live_text,
     )
-    return Pretraining(model, train_loader, len(train_set), step, evaluator)
+    return Pretraining(model, train_loader, len(train_set), step, evaluator, device_hook(device) if device else None)
 
 
 def clamp_logit_scale(model: nn.Module, record: dict) -> None:
@@ -211,6 +220,7 @@ def pretrain(cfg: PretrainConfig, engine: Engine, run: RunDir, evaluate_before: 
         evaluate=job.evaluator if "val" in job.evaluator.loaders else None,
         after_step=clamp_logit_scale,
         layout={"train_breasts": job.train_breasts},
+        on_device=job.on_device,
     )
     results |= {
         "resumed_from_step": fit.resumed_from_step,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from mvmlm.batch import DEFAULT_MAX_FAILURES, TooManyFailuresError, check_max_failures, failure_summary
 from mvmlm.config import MISSING, ConfigError, config_to_dict
 from mvmlm.data.schema import read_table
+from mvmlm.data.shards import shard_of
 from mvmlm.rundir import RunDir
 from report_synthesis import corpus
 from report_synthesis.backends import (
@@ -81,7 +82,7 @@ def _validate(cfg: ReportsConfig) -> None:
 
 def in_shard(breast: str, shard_id: int, num_shards: int) -> bool:
     """Whether ``breast`` belongs to shard ``shard_id`` (stable hash; all variants of a breast together)."""
-    return derive_seed("shard", breast) % num_shards == shard_id
+    return shard_of(breast, num_shards) == shard_id
 
 
 def _todo(cfg: ReportsConfig, facts: Sequence[BreastFacts], done: set[str]) -> list[tuple[str, int, BreastFacts]]:

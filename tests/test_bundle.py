@@ -103,6 +103,18 @@ def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path):
         mvmlm.load_model(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["/no/such/bundle", "./no-such-bundle", "no-such-bundle"])
+def test_a_missing_path_is_named_not_sent_to_the_hub(name):
+    with pytest.raises(BundleError, match="neither a bundle directory nor a Hub repo id"):
+        mvmlm.load_model(name)
+
+
+def test_a_repo_id_missing_from_the_offline_cache_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BundleError, match="org/absent: not on the Hub nor in its cache"):
+        mvmlm.load_model("org/absent", cache_dir=tmp_path / "hub")
+
+
 class _StandInApi:
     """What push_to_hub calls on ``HfApi``, writing into a local folder instead of the Hub."""
 

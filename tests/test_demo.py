@@ -20,7 +20,11 @@ overrides:
   probe: ["fractions=[1.0]", "seeds=[0]", "tasks=[density]", "bootstrap=20", "plots=false"]
   multiview: [train.epochs=1, eval.bootstrap=20, eval.plots=false]
   risk: [train.epochs=1, bootstrap=20, "models=[coxnet]"]
-  risk_shuffled: [train.epochs=1, bootstrap=20, "models=[coxnet]"]
+  risk_shuffled: [train.epochs=1, bootstrap=20, "models=[coxnet]", "risk.inputs=[image]"]
+  ablation: ["protocols=[probe]", "fractions=[1.0]", "seeds=[0]", "evaluations.vindr.tasks=[density]",
+             "probe.overrides=[bootstrap=20, plots=false]"]
+ablation: true
+predict_exams: 4
 """
 
 
@@ -38,18 +42,45 @@ def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch):
     assert set(summary["timings"]) == {"data", "reports"} and summary["report"] == str(out / "report.html")
 
 
-def test_demo_runs_every_stage_into_one_run_directory_and_its_report(tmp_path):
+def test_demo_runs_every_stage_into_one_run_directory_and_its_report(tmp_path, capsys):
     config = tmp_path / "tiny_demo.yaml"
     config.write_text(TINY_STAGES)
     out = tmp_path / "demo"
     summary = main(["--config", str(config), f"out={out}", *TINY, "exams=12"])
-    assert list(summary["timings"]) == ["data", "reports", "pretrain", "probe", "multiview", "risk"]
-    for stage in ("pretrain", "probe", "multiview", "risk", "risk_shuffled"):
+    stages = ["data", "reports", "pretrain", "probe", "multiview", "risk", "ablation", "predict"]
+    assert list(summary["timings"]) == stages
+    for stage in ("pretrain", "probe", "multiview", "risk", "risk_shuffled", "ablation"):
         assert (out / stage / "metrics.json").is_file(), stage
     assert {c["stage"] for c in summary["checks"]} == {"pretrain", "probe", "multiview", "risk"}
-    assert [c["claim"] for c in summary["checks"] if c["stage"] == "risk"] == ["coxnet Harrell's C"]
+    risk = {c["claim"]: c["words"] for c in summary["checks"] if c["stage"] == "risk"}
+    assert list(risk) == [f"coxnet{inputs} Harrell's C" for inputs in ("", "_clinical", "_combined")]
+    assert "shuffled control" in risk["coxnet Harrell's C"] and "shuffled" not in risk["coxnet_clinical Harrell's C"]
+    ablation = pd.read_csv(out / "ablation" / "results.csv")
+    assert ablation.method.tolist() == [
+        "CLIP",
+        "CLIP (random)",
+        "MV-CLIP",
+        "MV-CLIP (random)",
+        "MV-CLIP+Tr",
+        "MV-CLIP+Tr (random)",
+    ]
     html = (out / "report.html").read_text()
-    assert all(f'<table class="{t}"' in html for t in ("checks", "timings", "probe", "multiview", "risk"))
+    tables = ("checks", "timings", "probe", "multiview", "risk", "risk-comparison", "grid", "predict-counts", "predict")
+    assert all(f'<table class="{t}"' in html for t in tables)
+    # the bundle predicted the unseen RSNA-format DICOM files (tables deleted) and the first rows were printed
+    assert not [p for p in (out / "data_predict").rglob("*") if p.is_file() and p.suffix != ".dcm"]
+    predicted = pd.read_csv(out / "predict" / "predictions.csv")
+    assert summary["predict"]["rows"] == len(predicted) > 0 and (out / "bundle" / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    shown = printed.split("\npredict: ")[1]
+    assert "from unseen rsna-format DICOM files" in shown and "prob_label_malignant" in shown
+    uids = [v for v in predicted.filter(like="_id").to_numpy().ravel() if isinstance(v, str)]
+    assert uids and not any(uid in shown for uid in uids)  # identifiers are left out
+    # predict --explain wrote a heatmap per view of the unseen exams, and the page shows the first ones
+    cells = [v for v in predicted.filter(like="_heatmap").to_numpy().ravel() if isinstance(v, str)]
+    heatmaps = [name for cell in cells for name in cell.split(";")]
+    assert heatmaps and all((out / "predict" / h).is_file() for h in heatmaps)
+    assert 'alt="L-CC"' in html or 'alt="R-CC"' in html
 
 
 def test_the_shuffled_control_keeps_images_and_splits_and_moves_follow_up_within_a_split():

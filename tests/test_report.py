@@ -108,6 +108,36 @@ def run_dir(tmp_path_factory) -> Path:
     _write(
         run / "risk" / "metrics.json", {"counts": {"test": {"exams": 30, "cancers": 9}}, "models": {"coxnet": model}}
     )
+    comparison = [
+        {"kind": "coxnet", "inputs": "image", "model": "coxnet", "harrell_c": 0.7, "harrell_c_low": 0.6,
+         "harrell_c_high": 0.8, "ibs_raw": 0.2, "ibs_raw_low": 0.1, "ibs_raw_high": 0.3},
+        {"kind": "coxnet", "inputs": "combined - clinical", "model": "coxnet: combined - clinical", "harrell_c": 0.05,
+         "harrell_c_low": 0.01, "harrell_c_high": 0.09, "ibs_raw": None, "ibs_raw_low": None, "ibs_raw_high": None},
+    ]  # fmt: skip
+    pd.DataFrame(comparison).to_csv(run / "risk" / "comparison.csv", index=False)
+    grid = [
+        {"encoder": "tiny", "variant": v, "encoder_name": "Tiny", "method": m, "evaluation": "vindr", "protocol": p,
+         "task": "mass", "fraction": f, "runs": 2, "auc_mean": 0.8, "auc_std": 0.02, "auc_low": lo, "auc_high": 0.9}
+        for v, m, lo in (("clip", "CLIP", 0.45), ("mv_clip_tr", "MV-CLIP+Tr", 0.7))
+        for p in ("probe", "finetune")
+        for f in (0.1, 1.0)
+    ]  # fmt: skip
+    (run / "ablation").mkdir()
+    pd.DataFrame(grid).to_csv(run / "ablation" / "results.csv", index=False)
+    _write(run / "ablation" / "metrics.json", {"failed": {"tiny/mv_clip/pretrain": "ValueError: boom"}})
+    predictions = [
+        {"level": "exam", "exam_id": "1.2.3.77", "laterality": None, "views": "L_CC+R_CC", "missing_views": "L_MLO",
+         "attention_L_CC": 0.5, "prob_label_malignant": None},
+        {"level": "breast", "exam_id": "1.2.3.77", "laterality": "L", "views": "CC", "missing_views": "MLO",
+         "CC_image_id": "1.2.3.88", "prob_label_malignant": 0.25},
+    ]  # fmt: skip
+    (run / "predict").mkdir()
+    pd.DataFrame(predictions).to_csv(run / "predict" / "predictions.csv", index=False)
+    skipped = [
+        {"path": "a.dcm", "reason": "view XCCL is not used"},
+        {"path": "b.dcm", "reason": "duplicate CC view: image 1.2.826.0.99 (smaller id) is used"},
+    ]
+    pd.DataFrame(skipped).to_csv(run / "predict" / "skipped.csv")
     _png(run / "risk" / "plots" / "km_quartiles_coxnet.png", 3)
     _png(run / "risk" / "plots" / "calibration_coxnet.png", 4)
     assert cli(["report", str(run)]) == 0
@@ -122,6 +152,25 @@ def test_the_page_holds_every_stage_and_needs_no_other_file(run_dir):
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "No mass &lt;b&gt;." in html  # report text is escaped, never markup
     assert "a/1/1/L" not in html  # identifiers are not copied into the page
+
+
+def test_the_grid_table_is_shaped_like_table_1_and_marks_cis_above_chance(run_dir):
+    html = (run_dir / "report.html").read_text()
+    grid = html[html.index('<table class="grid"') :]
+    grid = grid[: grid.index("</table>")]
+    assert "<th>mass 10%</th><th>mass 100%</th>" in grid
+    assert '<td class="num ok">0.800 ± 0.020 [0.700, 0.900]</td>' in grid  # MV-CLIP+Tr: CI above 0.5
+    assert '<td class="num no">0.800 ± 0.020 [0.450, 0.900]</td>' in grid  # CLIP: CI includes 0.5
+    assert html.count('<table class="grid"') == 2 and "tiny/mv_clip/pretrain: ValueError: boom" in html
+
+
+def test_the_risk_comparison_and_the_predictions_are_shown_without_identifiers(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert '<table class="risk-comparison"' in html and "0.050 [0.010, 0.090]" in html
+    assert '<table class="predict"' in html and '<td class="num">0.250</td>' in html
+    assert "skipped: view XCCL is not used" in html
+    assert "skipped: duplicate CC view: image &lt;UID&gt; (smaller id) is used" in html
+    assert not any(uid in html for uid in ("1.2.3.77", "1.2.3.88", "1.2.826.0.99"))
 
 
 def test_each_number_has_its_verdict_in_words(run_dir):

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from downstream.coattention.config import CoAttentionConfig
 from downstream.common.tasks import Task, load_breasts
 from mvmlm.config import ConfigError
+from mvmlm.data.device_augment import DeviceAugment, device_augment_for
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.data.transforms import SeededItems, build_transform
@@ -56,7 +57,8 @@ def metadata_texts(table: pd.DataFrame, breast_ids: list[str], fields: list[str]
 
 class BreastTexts(Dataset):
     """Items ``{"images": (V, 1, H, W), "view_mask": (V,), "text_hidden": (L, D), "text_mask": (L,), "label",
-    "id"}``; ``text_rows[i]`` is breast ``i``'s row of the shared text states ``hidden (T, L, D)``, ``mask (T, L)``."""
+    "id"}``; ``text_rows[i]`` is breast ``i``'s row of the shared text states ``hidden (T, L, D)``, ``mask (T, L)``.
+    With ``device`` augmentation ``images`` are the stored uint16 values and ``affine`` their parameters."""
 
     def __init__(
         self,
@@ -66,8 +68,9 @@ class BreastTexts(Dataset):
         hidden: Tensor,
         mask: Tensor,
         transform: Callable[[Tensor], Tensor] | None = None,
+        device: DeviceAugment | None = None,
     ) -> None:
-        self.images = BreastDataset(breasts, labels=(), transform=transform)
+        self.images = BreastDataset(breasts, labels=(), transform=transform, device=device)
         self.labels, self.text_rows, self.hidden, self.mask = labels, text_rows, hidden, mask
 
     def __len__(self) -> int:
@@ -76,7 +79,7 @@ class BreastTexts(Dataset):
     def __getitem__(self, index: int) -> dict:
         item, row = self.images[index], self.text_rows[index]
         return {
-            "images": item["images"],
+            **{key: item[key] for key in ("images", "affine") if key in item},
             "view_mask": item["mask"],
             "text_hidden": self.hidden[row].float(),
             "text_mask": self.mask[row],
@@ -87,16 +90,18 @@ class BreastTexts(Dataset):
 
 @dataclass
 class Split:
-    """One split's breasts (rows of ``build_breasts``), their class labels and their dataset."""
+    """One split's breasts (rows of ``build_breasts``), their class labels, their dataset and (training with device
+    augmentation) the device half of the augmentation, the engine's batch hook."""
 
     breasts: pd.DataFrame
     labels: np.ndarray
     dataset: BreastTexts
+    augment: DeviceAugment | None = None
 
 
 def load_splits(cfg: CoAttentionConfig, task: Task, texts: TextFeatureCache, device: torch.device) -> dict[str, Split]:
     """Train / val / test :class:`Split` of the breasts labelled for ``task``; every metadata text is encoded (on
-    ``device``) into ``texts`` once.
+    ``device``) into ``texts`` once; ``data.augment_on`` decides whether ``device`` augments the training images.
 
     Raises:
         ValueError: a split holds no labelled breast.
@@ -118,9 +123,10 @@ def load_splits(cfg: CoAttentionConfig, task: Task, texts: TextFeatureCache, dev
         if chosen.size == 0:
             raise ValueError(f"{cfg.data.table}: no breasts labelled for task {task.name!r} in split {name!r}")
         part = breasts.iloc[chosen].reset_index(drop=True)
-        transform = build_transform(role == "train", cfg.data.augment)
-        dataset = BreastTexts(part, labels[chosen], rows[chosen], hidden, mask, transform)
+        augment = device_augment_for(cfg.data, device) if role == "train" else None
+        transform = None if augment else build_transform(role == "train", cfg.data.augment)
+        dataset = BreastTexts(part, labels[chosen], rows[chosen], hidden, mask, transform, augment)
         if role == "train":
             dataset = SeededItems(dataset, cfg.train.seed)
-        splits[role] = Split(part, labels[chosen], dataset)
+        splits[role] = Split(part, labels[chosen], dataset, augment)
     return splits

@@ -15,9 +15,11 @@ kept (the final ones when no validation AUC is defined), and all are scored on t
 The image encoder is built by :func:`downstream.common.embed.build_feature_encoder` with the weights
 ``encoder.init`` names. The run directory holds ``config.yaml``, ``provenance.json``, ``log.txt``,
 ``metrics.json``, ``results.csv``, ``summary.csv``, ``results.md`` (one row per fusion), ``predictions.parquet``
-and ``plots/`` (see :func:`mvmlm.evaluation.report`), ``finished/<fusion>.json`` per trained fusion and
-``units/<fusion>/`` (its train and validation logs, best weights). ``train.resume=latest`` reuses the finished
-fusions whose settings still match (:mod:`mvmlm.sweep`) and continues an interrupted one from its checkpoint.
+and ``plots/`` (see :func:`mvmlm.evaluation.report`), ``finished/<fusion>.json`` per trained fusion,
+``units/<fusion>/`` (its train and validation logs, best weights) and ``models/<fusion>/`` (its model bundle, loadable
+with ``mvmlm.load_model`` and used by ``mvmlm predict``: :mod:`downstream.coattention.bundle`).
+``train.resume=latest`` reuses the finished fusions whose settings still match (:mod:`mvmlm.sweep`) and continues an
+interrupted one from its checkpoint.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from downstream.coattention import COMMAND
+from downstream.coattention.bundle import save_coattention
 from downstream.coattention.config import CoAttentionConfig
 from downstream.coattention.data import Split, check_leakage, load_splits
 from downstream.coattention.model import FUSIONS, FusionClassifier
 from downstream.common.embed import build_feature_encoder, encoder_fingerprint
 from downstream.common.tasks import get_task
+from mvmlm.bundle import ModelCardInfo, format_ci, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict
-from mvmlm.evaluation import Evaluation, report
+from mvmlm.evaluation import Evaluation, report, score_predictions
 from mvmlm.metrics import auc
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
@@ -49,10 +53,12 @@ from mvmlm.training.runs import open_run
 
 __all__ = [
     "UNITS_DIR",
+    "MODELS_DIR",
     "fusion_loss",
     "predict",
     "build_model",
     "train_fusion",
+    "save_fusion",
     "run_settings",
     "run_coattention",
     "main",
@@ -61,6 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UNITS_DIR = "units"
+MODELS_DIR = "models"
 #: train / data keys that do not change what a fusion learns (left out of its settings key)
 _NOT_SETTINGS = {
     "device",
@@ -97,9 +104,11 @@ def predict(engine: Engine, model: nn.Module, loader: DataLoader) -> tuple[np.nd
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
-def _loader(dataset: Dataset, cfg: CoAttentionConfig, train: bool) -> DataLoader:
+def _loader(dataset: Dataset, cfg: CoAttentionConfig, train: bool, pin_memory: bool = False) -> DataLoader:
     batch_size = cfg.data.batch_size if train else cfg.data.eval_batch_size or cfg.data.batch_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=cfg.data.num_workers)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, num_workers=cfg.data.num_workers, pin_memory=pin_memory
+    )
 
 
 def build_model(fusion: str, cfg: CoAttentionConfig, text_dim: int) -> FusionClassifier:
@@ -111,9 +120,10 @@ def build_model(fusion: str, cfg: CoAttentionConfig, text_dim: int) -> FusionCla
 
 def train_fusion(
     fusion: str, cfg: CoAttentionConfig, splits: dict[str, Split], text_dim: int, workdir: Path, settings: dict
-) -> np.ndarray:
+) -> tuple[np.ndarray, nn.Module, dict]:
     """Train ``fusion`` on the engine in ``workdir`` (best validation AUC kept; the final weights when no AUC is
-    defined); return its positive-class probabilities on the test split."""
+    defined); return its positive-class probabilities on the test split, the trained model and the engine's best
+    (metric, score, epoch)."""
     state = PartialState()
     claim_unit(workdir, settings, main_process=state.is_main_process)  # before the engine looks for its state
     state.wait_for_everyone()
@@ -125,18 +135,45 @@ def train_fusion(
         probs, labels = predict(engine, current, val)
         return {"val/auc": auc(labels, probs)}
 
-    engine.fit(
+    fit = engine.fit(
         model,
-        _loader(splits["train"].dataset, cfg, train=True),
+        _loader(splits["train"].dataset, cfg, train=True, pin_memory=engine.device.type == "cuda"),
         loss=fusion_loss,
         evaluate=evaluate,
         select="val/auc",
         mode="max",
         discard_checkpoints=True,
+        on_device=splits["train"].augment.images if splits["train"].augment else None,
     )
     scores, _ = predict(engine, model, test)
     engine.end()
-    return scores
+    return scores, engine.accelerator.unwrap_model(model), fit.best
+
+
+def save_fusion(
+    fusion: str, cfg: CoAttentionConfig, splits: dict[str, Split], model: nn.Module, best: dict, scores: np.ndarray,
+    text_dim: int, run: RunDir,
+) -> Path:  # fmt: skip
+    """``models/<fusion>`` as a bundle whose card holds the breasts per split, the best validation AUC and the test
+    AUC with its patient-bootstrap CI (as the results table computes it)."""
+    test = splits["test"]
+    scored = score_predictions(test.labels, scores, list(test.breasts["patient"]), n_resamples=cfg.bootstrap)
+    metrics = {"test AUC": format_ci(scored["auc"], scored["auc_low"], scored["auc_high"])}
+    if best.get("score") is not None:
+        metrics[f"{best['metric']} (best epoch {best['epoch']})"] = f"{best['score']:.3f}"
+    task = get_task(cfg.task)
+    card = ModelCardInfo.from_run(
+        run.path,
+        title=f"mvmlm co-attention fusion ({fusion}): {task.name}",
+        predicts=(
+            f"From the CC and MLO views of a breast and its metadata ({', '.join(cfg.metadata_fields)}) written as "
+            f"text, the probability of each class of {task.name!r}."
+        ),
+        counts={role: len(split.breasts) for role, split in splits.items()},
+        metrics=metrics,
+    )
+    directory = run.file(f"{MODELS_DIR}/{fusion}")
+    return save_coattention(directory, model, fusion, cfg, task, text_dim, preprocessing_of(cfg.data.table), card)
 
 
 def run_settings(cfg: CoAttentionConfig) -> dict:
@@ -190,7 +227,10 @@ def run_coattention(cfg: CoAttentionConfig, run: RunDir, state: PartialState) ->
         settings = {**shared, "fusion": fusion}
         record = finished.get(fusion, settings)
         if record is None:
-            scores = train_fusion(fusion, cfg, splits, encoder.hidden_size, run.file(f"{UNITS_DIR}/{fusion}"), settings)
+            workdir = run.file(f"{UNITS_DIR}/{fusion}")
+            scores, model, best = train_fusion(fusion, cfg, splits, encoder.hidden_size, workdir, settings)
+            if state.is_main_process:
+                save_fusion(fusion, cfg, splits, model, best, scores, encoder.hidden_size, run)
             record = {"scores": scores.tolist()}
             finished.put(fusion, settings, record)
         evaluations.append(

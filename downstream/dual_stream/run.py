@@ -27,12 +27,13 @@ import torch.nn.functional as F
 
 from downstream.dual_stream import COMMAND
 from downstream.dual_stream.config import MammoMambaConfig
-from downstream.dual_stream.data import load_breasts, make_loader
+from downstream.dual_stream.data import device_hook, load_breasts, make_loader, resize_input
 from downstream.dual_stream.evaluate import binary_metrics, plot_gates, predict
 from downstream.dual_stream.model import DualStreamBundle, MammoMamba
 from mvmlm.bundle import BundleError, ModelCardInfo, bundle_config, format_ci, preprocessing_of
 from mvmlm.checkpoint import CONFIG_NAME, load_weights
 from mvmlm.config import ConfigError, config_to_dict, config_to_yaml
+from mvmlm.data.device_augment import device_augment_for
 from mvmlm.errors import InputError
 from mvmlm.evaluation import Evaluation, report
 from mvmlm.metrics import auc
@@ -69,7 +70,13 @@ def train(cfg: MammoMambaConfig, engine: Engine, run: RunDir) -> dict:
     for name in (data.train_split, data.val_split):
         if splits[name].empty:
             raise InputError(f"{data.table}: no usable breast in split {name!r}")
-    loaders = {name: make_loader(rows, cfg, name == data.train_split) for name, rows in splits.items() if len(rows)}
+    device = device_augment_for(data, engine.device, data.image_size, resize_input)
+    pin = engine.device.type == "cuda"
+    loaders = {
+        name: make_loader(rows, cfg, name == data.train_split, device if name == data.train_split else None, pin)
+        for name, rows in splits.items()
+        if len(rows)
+    }
     evaluated = {name: engine.prepare(loader) for name, loader in loaders.items() if name != data.train_split}
     model = MammoMamba(cfg.model)
     smoothing = cfg.model.label_smoothing
@@ -85,6 +92,7 @@ def train(cfg: MammoMambaConfig, engine: Engine, run: RunDir) -> dict:
         evaluate=lambda m: _validation_metrics(predict(engine, m, evaluated[data.val_split])),
         select="val/auc",
         restore_best=False,  # the engine restores onto device "cpu:0" under multi-process CPU: safetensors refuses it
+        on_device=device_hook(device) if device else None,
     )
     if fit.best["step"] is not None:
         model.load_state_dict(load_weights(engine.file(BEST_DIR)))

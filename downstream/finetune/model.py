@@ -12,16 +12,16 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from downstream.common.bundled_encoder import bundled_encoder_config, stored_encoder, write_architecture
 from downstream.common.config import EncoderConfig
 from downstream.common.embed import Backbone, build_backbone, pool_views
 from downstream.common.tasks import Task
 from downstream.finetune.config import FinetunedModelConfig
 from mvmlm.bundle import Bundle, ModelCardInfo, bundle_config
-from mvmlm.checkpoint import CONFIG_NAME, atomic_path, load_checkpoint_config, load_weights, save_checkpoint
+from mvmlm.checkpoint import load_checkpoint_config, load_weights, save_checkpoint
 from mvmlm.config import config_to_dict
 
 __all__ = [
-    "ENCODER_DIR",
     "BreastClassifier",
     "FinetunedBundle",
     "class_weights",
@@ -29,8 +29,6 @@ __all__ = [
     "save_finetuned",
     "load_finetuned",
 ]
-
-ENCODER_DIR = "encoder"  # a saved model's copy of its MV-MLM pretraining config
 
 
 class BreastClassifier(nn.Module):
@@ -66,9 +64,7 @@ class FinetunedBundle(Bundle):
     level = "breast"
 
     def write_files(self, directory: Path) -> None:
-        if self.config.get("encoder_config") is not None:
-            with atomic_path(directory / ENCODER_DIR / CONFIG_NAME) as tmp:
-                tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(self.config["encoder_config"])))
+        write_architecture(directory, self.config.get("encoder_config"))
         save_checkpoint(directory, self.module.state_dict(), OmegaConf.create(self.config["model"]))
 
     @classmethod
@@ -107,12 +103,8 @@ def save_finetuned(
 ) -> Path:
     """Write ``model`` to ``directory`` as a bundle that :func:`load_finetuned` and ``mvmlm.load_model`` rebuild
     without the pretraining files (an MV-MLM tower's architecture is copied to ``encoder/config.yaml``)."""
-    stored = EncoderConfig(**{**vars(encoder), "init": "random"})  # the architecture; the weights are in the file
-    encoder_config = None
-    if encoder.source == "mvclip":
-        encoder_config = OmegaConf.to_container(OmegaConf.load(Path(encoder.checkpoint) / CONFIG_NAME))
-        stored.checkpoint = ENCODER_DIR
-    config = FinetunedModelConfig(stored, task.name, list(task.class_names), pool)
+    stored, encoder_config = stored_encoder(encoder)
+    config = FinetunedModelConfig(EncoderConfig(**stored), task.name, list(task.class_names), pool)
     heads = {task.name: list(task.class_names)}
     extra = {"encoder_config": encoder_config}
     bundle = FinetunedBundle(model, bundle_config(config_to_dict(config), heads, preprocessing, card, **extra))
@@ -124,9 +116,7 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[BreastCl
     """A model saved by ``save_models: true`` (eval mode on ``device``) and its config."""
     directory = Path(directory)
     config = load_checkpoint_config(directory, FinetunedModelConfig)
-    encoder = config.encoder
-    if encoder.source == "mvclip":
-        encoder = EncoderConfig(**{**vars(encoder), "checkpoint": str(directory / encoder.checkpoint)})
+    encoder = bundled_encoder_config(directory, config.encoder)
     model = BreastClassifier(build_backbone(encoder), len(config.class_names), config.pool)
     model.load_state_dict(load_weights(directory))
     return model.to(device).eval(), config

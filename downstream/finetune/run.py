@@ -53,6 +53,7 @@ from downstream.finetune.model import (
 )
 from mvmlm.bundle import preprocessing_of
 from mvmlm.config import AugmentConfig, ConfigError, DataConfig, config_to_dict
+from mvmlm.data.device_augment import DeviceAugment, device_augment_for
 from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import SeededItems, build_transform
 from mvmlm.evaluation import METRICS, Evaluation, pivot_markdown, predict_classes, report, slug, validation_score
@@ -81,11 +82,20 @@ RUN_ONLY_KEYS = ("resume", "progress", "trackers", "log_every", "keep_checkpoint
 
 class _TaskBreasts(Dataset):
     """Breasts of one split with one task's labels: ``{"images", "mask", "label", "index", "id"}``; training items
-    are augmented when ``augment`` is given (and enabled)."""
+    are augmented when ``augment`` is given (and enabled), or carry the stored values and their ``affine``
+    parameters for ``device`` augmentation."""
 
-    def __init__(self, rows: pd.DataFrame, labels: np.ndarray, split: str, augment: AugmentConfig | None = None):
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        labels: np.ndarray,
+        split: str,
+        augment: AugmentConfig | None = None,
+        device: DeviceAugment | None = None,
+    ):
         self.split = split
-        self.views = BreastDataset(rows, labels=(), transform=build_transform(True, augment) if augment else None)
+        transform = build_transform(True, augment) if augment and not device else None
+        self.views = BreastDataset(rows, labels=(), transform=transform, device=device)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
@@ -94,17 +104,18 @@ class _TaskBreasts(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.views[index]
         return {
-            "images": item["images"],
-            "mask": item["mask"],
+            **{key: item[key] for key in ("images", "mask", "affine") if key in item},
             "label": self.labels[index],
             "index": index,
             "id": item["id"],
         }
 
 
-def _loader(dataset: _TaskBreasts, data: DataConfig, train: bool) -> DataLoader:
+def _loader(dataset: _TaskBreasts, data: DataConfig, train: bool, pin_memory: bool = False) -> DataLoader:
     batch_size = data.batch_size if train else data.eval_batch_size or data.batch_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=data.num_workers)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, num_workers=data.num_workers, pin_memory=pin_memory
+    )
 
 
 def _probabilities(logits: Tensor) -> Tensor:
@@ -164,8 +175,9 @@ def finetune_one(
     model = BreastClassifier(build_backbone(encoder), task.num_classes, cfg.pool)  # after the engine seeded the head
     train_rows, train_labels = splits["train"]
     augment = cfg.data.augment if cfg.data.augment.enabled else None
-    train_set = SeededItems(_TaskBreasts(train_rows, train_labels, "train", augment), seed)
-    train_loader = _loader(train_set, cfg.data, train=True)
+    device = device_augment_for(cfg.data, engine.device)
+    train_set = SeededItems(_TaskBreasts(train_rows, train_labels, "train", augment, device), seed)
+    train_loader = _loader(train_set, cfg.data, train=True, pin_memory=engine.device.type == "cuda")
     val_rows, val_labels = splits["val"]
     val_loader = engine.prepare(_loader(_TaskBreasts(val_rows, val_labels, "val"), cfg.data, train=False))
     fit = engine.fit(
@@ -174,6 +186,7 @@ def finetune_one(
         loss=_weighted_cross_entropy(class_weights(train_labels, task.num_classes)),
         evaluate=lambda m: validation_metrics(val_labels, predict(engine.accelerator, m, val_loader)),
         discard_checkpoints=True,
+        on_device=device.images if device else None,
     )
     if save_to is not None and engine.is_main_process:
         card = finetune_card(workdir.parents[1], task, {k: len(v[1]) for k, v in splits.items()}, fit.best)

@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 from downstream.multiview.config import SETTINGS, TASKS, MultiviewData, TaskConfig
 from downstream.multiview.model import SIDES
 from mvmlm.config import ConfigError
+from mvmlm.data.device_augment import DeviceAugment
 from mvmlm.data.exams import ExamDataset, build_exams
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.data.transforms import SeededItems, build_transform
@@ -35,6 +36,7 @@ __all__ = [
     "class_names",
     "exam_targets",
     "class_weights",
+    "resize_views",
     "InputTransform",
     "MultiviewDataset",
     "ExamSplit",
@@ -114,6 +116,11 @@ def class_weights(targets: np.ndarray, classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def resize_views(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Images ``(..., H, W)`` resized to the network input ``size`` (antialiased bilinear)."""
+    return F.resize(images, list(size), antialias=True)
+
+
 class InputTransform:
     """Resize a ``(1, H, W)`` cached image to the network input size (if it differs), then augment (training)."""
 
@@ -123,15 +130,22 @@ class InputTransform:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.size and list(image.shape[-2:]) != self.size:
-            image = F.resize(image, self.size, antialias=True)
+            image = resize_views(image, self.size)
         return self.augment(image)
 
 
 class MultiviewDataset(Dataset):
-    """Items ``{"images": (4, 1, H, W), "mask": (4,) bool, "targets": {task: (2,) long}, "index": int}``."""
+    """Items ``{"images": (4, 1, H, W), "mask": (4,) bool, "targets": {task: (2,) long}, "index": int}`` (with
+    ``device`` augmentation the stored uint16 values and their ``affine`` parameters)."""
 
-    def __init__(self, exams: pd.DataFrame, targets: dict[str, np.ndarray], transform: InputTransform) -> None:
-        self.exams = ExamDataset(exams, labels=(), transform=transform)
+    def __init__(
+        self,
+        exams: pd.DataFrame,
+        targets: dict[str, np.ndarray],
+        transform: InputTransform | None,
+        device: DeviceAugment | None = None,
+    ) -> None:
+        self.exams = ExamDataset(exams, labels=(), transform=transform, device=device)
         self.targets = {t: torch.as_tensor(v, dtype=torch.long) for t, v in targets.items()}
 
     def __len__(self) -> int:
@@ -140,7 +154,8 @@ class MultiviewDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.exams[index]
         targets = {t: v[index] for t, v in self.targets.items()}
-        return {"images": item["images"], "mask": item["mask"], "targets": targets, "index": index}
+        views = {key: item[key] for key in ("images", "mask", "affine") if key in item}
+        return {**views, "targets": targets, "index": index}
 
 
 @dataclass
@@ -193,11 +208,19 @@ def load_splits(data: MultiviewData, task: TaskConfig, names: Sequence[str]) -> 
     return splits
 
 
-def make_loader(split: ExamSplit, data: MultiviewData, *, train: bool, seed: int) -> DataLoader:
-    """A loader over ``split``: shuffled and augmented for training, in order otherwise."""
-    augment = build_transform(train, data.augment)
-    transform = InputTransform(data.image_size, augment)
-    dataset = MultiviewDataset(split.exams, split.targets, transform)
+def make_loader(
+    split: ExamSplit,
+    data: MultiviewData,
+    *,
+    train: bool,
+    seed: int,
+    device: DeviceAugment | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader over ``split``: shuffled and augmented for training (on the ``device`` when given), in order
+    otherwise."""
+    transform = None if device else InputTransform(data.image_size, build_transform(train, data.augment))
+    dataset = MultiviewDataset(split.exams, split.targets, transform, device)
     if train:
         dataset = SeededItems(dataset, seed)
     batch_size = data.batch_size if train else data.eval_batch_size or data.batch_size
@@ -207,4 +230,5 @@ def make_loader(split: ExamSplit, data: MultiviewData, *, train: bool, seed: int
         shuffle=train,
         num_workers=data.num_workers,
         generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory,
     )

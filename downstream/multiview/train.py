@@ -33,6 +33,7 @@ from downstream.multiview.data import (
     load_splits,
     make_loader,
     num_classes,
+    resize_views,
 )
 from downstream.multiview.eval import (
     attention_summary,
@@ -48,6 +49,7 @@ from downstream.multiview.model import VIEWS, MultiViewClassifier
 from mvmlm import checkpoint
 from mvmlm.bundle import Bundle, ModelCardInfo, bundle_config, format_ci, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict, config_to_yaml
+from mvmlm.data.device_augment import device_augment_for
 from mvmlm.data.ids import patient_keys
 from mvmlm.data.transforms import build_transform
 from mvmlm.rundir import RunDir
@@ -137,8 +139,11 @@ def _fit(
         metrics, _ = evaluate_split(engine, model, val_loader, val_split, cfg.task.tasks)
         return {SELECT: monitor_score(metrics["tasks"]), **{f"val/{k}": v for k, v in metrics["headline"].items()}}
 
-    train_loader = make_loader(train_split, cfg.data, train=True, seed=cfg.train.seed)
-    return engine.fit(model, train_loader, loss=loss, evaluate=evaluate, select=SELECT)
+    device = device_augment_for(cfg.data, engine.device, cfg.data.image_size, resize_views)
+    pin = engine.device.type == "cuda"
+    train_loader = make_loader(train_split, cfg.data, train=True, seed=cfg.train.seed, device=device, pin_memory=pin)
+    on_device = device.images if device else None
+    return engine.fit(model, train_loader, loss=loss, evaluate=evaluate, select=SELECT, on_device=on_device)
 
 
 def _evaluate_splits(

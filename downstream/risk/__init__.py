@@ -10,7 +10,10 @@ COMMAND = Command(
     config="downstream.risk.config:RiskConfig",
     description=(
         "Embeds each exam with an encoder and fits the configured risk models (Coxnet, Mirai's additive-hazard\n"
-        "head) on the table's train split; reports C-index and time-dependent AUC on test.\n"
+        "head) on image embeddings, clinical covariates (risk.covariates) or both (risk.inputs) on the train split,\n"
+        "calibrates them per horizon on validation and reports on test: C-index, time-dependent AUC, calibration\n"
+        "before / after, the three-way table image / clinical / combined (comparison.md, comparison.csv) and\n"
+        "bundles that `mvmlm predict` runs on DICOM exams (models/<model>/).\n"
         "\n"
         "  mvmlm risk --config configs/risk/embed.yaml data.table=CACHE/table.parquet"
     ),

@@ -103,6 +103,18 @@ class CovariateEncoder:
             return np.zeros((len(values), 0))
         return np.concatenate([cov.encode(values[cov.name]) for cov in self.covariates], axis=1)
 
+    def unusable(self, values: pd.DataFrame) -> pd.Series:
+        """Per exam of ``values``, why the model cannot score it ('' when it can): a covariate missing that was
+        complete in training (the model learned no imputation for it)."""
+        reasons = pd.Series("", index=values.index, dtype=object)
+        for cov in self.covariates:
+            absent = values[cov.name].isna() if cov.name in values else pd.Series(True, index=values.index)
+            if cov.missing or not absent.any():
+                continue
+            reason = f"covariate {cov.name!r} missing (the risk model was trained with it); give it in --covariates"
+            reasons[absent & (reasons == "")] = reason
+        return reasons
+
     def to_dict(self) -> dict:
         return {"covariates": [asdict(c) for c in self.covariates]}
 

@@ -224,13 +224,15 @@ class HazardModel:
 
     @torch.no_grad()
     def predict(self, features: np.ndarray) -> RiskScores:
-        self.head.eval()
-        x = torch.as_tensor(self.scaler(features), dtype=torch.float32)
-        probs = torch.sigmoid(self.head(x)).numpy().astype(float)
+        """Computed in float64: a risk does not depend on the exams it is computed with (the calibration's steep
+        isotonic segments would magnify float32 rounding)."""
+        head = self.head.eval().double()
+        x = torch.as_tensor(self.scaler(features), dtype=torch.float64)
+        probs = torch.sigmoid(head(x)).numpy()
         return RiskScores(probs=probs, risk=probs[:, -1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        head = {f"head.{k}": v.detach().cpu().numpy() for k, v in self.head.state_dict().items()}
+        head = {f"head.{k}": v.detach().cpu().float().numpy() for k, v in self.head.state_dict().items()}
         return {**self.scaler.arrays(), **head}
 
     @classmethod

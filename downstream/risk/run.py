@@ -15,11 +15,12 @@ trains on the one engine (``optim``, ``train``, ``data.batch_size``; its logs in
 
 A model is named ``coxnet`` (image input) or ``coxnet_clinical`` / ``coxnet_combined``. The run directory holds
 ``config.yaml``, ``provenance.json``, ``log.txt``, ``metrics.json`` (every metric with its bootstrap 95 % CI, and
-the paired ``differences`` combined - clinical), ``results.csv`` / ``results.md`` (discrimination, calibration before
-/ after, differences), ``risk_<model>.csv`` (calibrated risks in Mirai's output layout: ``patient_exam_id`` =
+the paired ``differences`` combined - clinical), ``comparison.md`` / ``comparison.csv`` (the three-way table image /
+clinical / combined, :mod:`downstream.risk.tables`), ``results.csv`` / ``results.md`` (every metric),
+``risk_<model>.csv`` (calibrated risks in Mirai's output layout: ``patient_exam_id`` =
 ``patient_id<TAB>exam_id``, ``1_year_risk`` .. ``5_year_risk``), ``calibration_<model>.csv`` (observed vs expected
-per year and risk decile, raw and calibrated), ``models/<model>/`` (a bundle: ``mvmlm.load_model``), and
-``plots/calibration_<model>.png`` and ``plots/km_quartiles_<model>.png``.
+per year and risk decile, raw and calibrated), ``models/<model>/`` (a bundle: ``mvmlm.load_model``; ``mvmlm
+predict`` runs it on DICOM exams), and ``plots/calibration_<model>.png`` and ``plots/km_quartiles_<model>.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
-from downstream.common.embed import image_embeddings, pool_views
+from downstream.common.embed import Backbone, build_backbone, image_embeddings, pool_views
 from downstream.common.tasks import check_patient_splits
 from downstream.risk import COMMAND
 from downstream.risk.bundle import INPUTS, RiskPredictor, save_risk_bundle
@@ -42,11 +43,11 @@ from downstream.risk.covariates import CovariateEncoder, exam_covariates
 from downstream.risk.metrics import RiskScores, paired_difference, risk_metrics, survival_arrays
 from downstream.risk.models import RISK_MODELS, RiskSplit, fit_risk_model
 from downstream.risk.plots import plot_calibration, plot_km_by_quartile
-from mvmlm.bundle import ModelCardInfo, format_ci, preprocessing_of
+from downstream.risk.tables import ci_cell, difference_key, model_key, write_tables
+from mvmlm.bundle import ModelCardInfo, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.data.exams import EXAM_SLOTS, build_exams
 from mvmlm.data.preprocess import read_cached_table
-from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
 from mvmlm.training.runs import open_run
 
@@ -143,12 +144,6 @@ def _check(cfg: RiskConfig) -> None:
         )
 
 
-def _cell(m: dict[str, float]) -> str:
-    if np.isnan(m["value"]):
-        return "nan"
-    return format_ci(m["value"], m["low"], m["high"])
-
-
 def fit_predictor(name: str, inputs: str, splits: dict[str, RiskSplit], cfg: RiskConfig, workdir) -> RiskPredictor:
     """Model ``name`` on ``inputs`` fitted on train, tuned and calibrated on validation."""
     train, val = splits["train"], splits["val"]
@@ -200,7 +195,17 @@ def _evaluate(
     return metrics, raw
 
 
-def _save(key: str, name: str, predictor: RiskPredictor, metrics: dict, counts: dict, cfg: RiskConfig, run: RunDir):
+def _save(
+    key: str,
+    name: str,
+    predictor: RiskPredictor,
+    metrics: dict,
+    counts: dict,
+    cfg: RiskConfig,
+    run: RunDir,
+    backbone: Backbone | None,
+) -> None:
+    """The bundle of a fitted model; image and combined models carry ``backbone``, the encoder of the embeddings."""
     card = ModelCardInfo.from_run(
         run.path,
         title=f"mvmlm risk model: {key}",
@@ -209,9 +214,11 @@ def _save(key: str, name: str, predictor: RiskPredictor, metrics: dict, counts: 
             f"of breast cancer within 1..{cfg.risk.max_followup} years."
         ),
         counts={role: c["exams"] for role, c in counts.items()},
-        metrics={m: _cell(metrics[m]) for m in ("harrell_c", "uno_c", "ibs_calibrated") if m in metrics},
+        metrics={m: ci_cell(metrics[m]) for m in ("harrell_c", "uno_c", "ibs_calibrated") if m in metrics},
     )
     setup = {"encoder": config_to_dict(cfg.encoder), "embed": config_to_dict(cfg.embed), "pool": cfg.data.pool}
+    if predictor.inputs != "clinical":
+        predictor = replace(predictor, encoder=backbone, pool=cfg.data.pool)
     save_risk_bundle(run.file(f"models/{key}"), name, predictor, setup, preprocessing_of(cfg.data.table), card)
 
 
@@ -235,17 +242,19 @@ def run_risk(cfg: RiskConfig, run: RunDir, state: PartialState) -> dict:
     log.info("risk: exams (cancers) per split %s", counts)
     results: dict[str, dict] = {}
     differences: dict[str, dict] = {}
+    images = state.is_main_process and set(cfg.risk.inputs) != {"clinical"}
+    backbone = build_backbone(cfg.encoder) if images else None  # saved with the image and combined models
     for name in cfg.models:
         raw = {}  # the scores of the discrimination table, per input
         for inputs in cfg.risk.inputs:
-            key = name if inputs == "image" else f"{name}_{inputs}"
+            key = model_key(name, inputs)
             predictor = fit_predictor(name, inputs, splits, cfg, run.file(key))
             if not state.is_main_process:  # every process trains (the hazard head on its share); the main one reports
                 continue
             results[key], raw[inputs] = _evaluate(key, predictor, splits, cfg, run)
-            _save(key, name, predictor, results[key], counts, cfg, run)
+            _save(key, name, predictor, results[key], counts, cfg, run, backbone)
         if {"combined", "clinical"} <= set(raw):
-            differences[f"{name}: combined - clinical"] = paired_difference(
+            differences[difference_key(name)] = paired_difference(
                 raw["combined"],
                 raw["clinical"],
                 test.follow_up,
@@ -257,38 +266,9 @@ def run_risk(cfg: RiskConfig, run: RunDir, state: PartialState) -> dict:
             )
     if not state.is_main_process:
         return {}
-    text = _tables(results, differences, cfg, run)
-    header = "# Risk (test split)\n\nPoint estimate [bootstrap 95 % CI, patients resampled].\n\n"
-    run.write_text("results.md", header + text)
+    text = write_tables(run, results, differences, cfg.models, cfg.risk.inputs, cfg.auc_times, cfg.risk.max_followup)
     print(text)
     return {"counts": counts, "models": results, "differences": differences}
-
-
-def _tables(results: dict[str, dict], differences: dict[str, dict], cfg: RiskConfig, run: RunDir) -> str:
-    """``results.csv`` (every metric per model) and the markdown of ``results.md``: discrimination, calibration before
-    / after at the ``auc_times`` horizons, and the paired combined - clinical differences."""
-    rows = [{"model": m, **{k: _cell(v) for k, v in found.items()}} for m, found in results.items()]
-    pd.DataFrame(rows).to_csv(run.file("results.csv"), index=False)
-    horizons = sorted({min(int(np.ceil(t)), cfg.risk.max_followup) for t in cfg.auc_times})
-    first = next(iter(results.values()))
-    discrimination = [m for m in first if not m.endswith(("_raw", "_calibrated"))]
-    calibration = [
-        f"{m.format(k=k)}_{stage}"
-        for k in horizons
-        for m in ("cal_slope_{k}y", "oe_{k}y")
-        for stage in ("raw", "calibrated")
-    ] + ["ibs_raw", "ibs_calibrated"]
-    parts = [
-        "## Discrimination\n\n" + markdown_table(_frame(results, discrimination)),
-        "## Calibration (raw -> calibrated on validation)\n\n" + markdown_table(_frame(results, calibration)),
-    ]
-    if differences:
-        parts.append("## Combined - clinical-only (paired bootstrap)\n\n" + markdown_table(_frame(differences, None)))
-    return "\n\n".join(parts)
-
-
-def _frame(results: dict[str, dict], names: list[str] | None) -> pd.DataFrame:
-    return pd.DataFrame([{"model": m, **{k: _cell(v[k]) for k in (names or list(v))}} for m, v in results.items()])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,7 +22,9 @@ class ZeroShotConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     tasks: list[str] = field(default_factory=lambda: ["mass", "calcification", "density"])
     task_classes: dict[str, list[str]] = field(default_factory=dict)
-    prompts: dict[str, list[list[str]]] = field(default_factory=dict)  # task -> per class, its prompt ensemble
+    prompts: dict[str, list[list[str]]] = field(
+        default_factory=dict
+    )  # task -> per class, its prompt ensemble (default: the core's)
     bootstrap: int = 1000
     plots: bool = True
     out: str = "runs/zeroshot"

@@ -1,11 +1,11 @@
 """Zero-shot classification with class prompts: ``python -m downstream.zeroshot --config ...``
 (also ``mvmlm zeroshot``).
 
-Each class of a task has a prompt ensemble in the config; a binary task's two classes are its negative and
-positive prompts (``["No mass is seen.", ...]`` vs ``["There is a mass.", ...]``). Every prompt goes through the
-checkpoint's text tower (frozen encoder + token transformer); a class embedding is the normalised mean of its
-normalised prompt embeddings. A breast's embedding is its pooled view embeddings (the image tower's, cached as for
-the probe), normalised. Class scores are ``softmax(logit_scale * cosine)`` over the classes; for a binary task the
+Each class of a task has a prompt ensemble in the config (else :data:`mvmlm.inference.zeroshot.DEFAULT_PROMPTS` for
+the task's class names); a binary task's two classes are its negative and positive prompts (``["No mass is seen.",
+...]`` vs ``["There is a mass.", ...]``). Scoring is :mod:`mvmlm.inference.zeroshot`'s (the same as ``mvmlm predict``
+on an MV-CLIP bundle): class embeddings from the text tower, a breast's embedding its pooled view embeddings (the
+image tower's, cached as for the probe), ``softmax(logit_scale * cosine)`` over the classes; for a binary task the
 score is the positive class's probability. Nothing is trained, so only the evaluation split is read.
 
 The run directory holds what :func:`mvmlm.evaluation.report` writes.
@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from downstream.common.embed import EncoderConfig, breast_embeddings, image_embeddings, resolve_device
 from downstream.common.tasks import Task, get_tasks, load_breasts
@@ -27,11 +25,12 @@ from mvmlm.checkpoint import load_checkpoint_config
 from mvmlm.config import ConfigError
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.evaluation import Evaluation, pivot_markdown, report
+from mvmlm.inference.zeroshot import DEFAULT_PROMPTS, class_embeddings, zero_shot_scores
 from mvmlm.models.mvclip import MVCLIP, MVCLIPConfig
 from mvmlm.models.text_encoders import FrozenTextEncoder
 from mvmlm.rundir import RunDir
 
-__all__ = ["ZeroShotConfig", "load_model", "class_embeddings", "zero_shot_scores", "run_zeroshot", "main"]
+__all__ = ["ZeroShotConfig", "load_model", "run_zeroshot", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +44,10 @@ def load_model(checkpoint: str, text_model: str = "", device: str = "cpu") -> MV
     return MVCLIP.load(checkpoint, device=device, text_encoder=encoder).eval()
 
 
-@torch.no_grad()
-def class_embeddings(model: MVCLIP, prompts: list[list[str]]) -> torch.Tensor:
-    """``(k, D)`` normalised class embeddings: the normalised mean of each class's normalised prompt embeddings."""
-    classes = []
-    for ensemble in prompts:
-        embedded = model.encode_text(list(ensemble), normalize=True)
-        classes.append(F.normalize(embedded.mean(dim=0), dim=-1))
-    return torch.stack(classes)
-
-
-def zero_shot_scores(images: np.ndarray, classes: torch.Tensor, logit_scale: float) -> np.ndarray:
-    """``softmax(logit_scale * cos(image, class))``: ``(n, k)``, or ``(n,)`` positive-class scores when k = 2."""
-    image = F.normalize(torch.as_tensor(images, dtype=torch.float32), dim=-1)
-    probs = (logit_scale * image @ classes.float().cpu().T).softmax(dim=-1).numpy()
-    return probs[:, 1] if probs.shape[1] == 2 else probs
-
-
 def _prompts(task: Task, cfg: ZeroShotConfig) -> list[list[str]]:
-    prompts = cfg.prompts.get(task.name)
+    """The task's prompt lists in class order: the config's, else the core's defaults for its class names."""
+    defaults = DEFAULT_PROMPTS.get(task.name, {})
+    prompts = cfg.prompts.get(task.name) or [defaults[c] for c in task.class_names if c in defaults]
     if not prompts:
         raise ConfigError(f"key 'prompts.{task.name}': no prompts for task {task.name!r}")
     if len(prompts) != task.num_classes or any(not p for p in prompts):

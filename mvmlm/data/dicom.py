@@ -25,6 +25,8 @@ from pydicom.pixels import get_decoder, pixel_array
 from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import UID
 
+from mvmlm.data.lossless_jpeg import lossless_jpeg_shortfall
+
 __all__ = ["VIEW_CODES", "DicomReadError", "MammogramMeta", "read_dicom_header", "read_mammogram"]
 
 #: view -> (SNOMED CT code value, code meaning) as used in ViewCodeSequence (CMMD)
@@ -49,6 +51,7 @@ DECODER_PACKAGES: dict[str, str] = {
 MAMMOGRAPHY_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1")
 _JPEG_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81)}  # SOF (or JPEG-LS SOF55) header
 _J2K_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 201, 202, 203)}  # SOC + SIZ header
+_LOSSLESS_JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
 #: decoder plugin tried alone for a transfer syntax when installed (libjpeg decodes a cut JPEG-LS stream silently)
 _STRICT_PLUGINS = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls"}
 #: pydicom warnings that mean the decoded data is longer than the header's image: a failure, not a warning
@@ -81,6 +84,9 @@ class MammogramMeta:
     sop_uid: str | None
     age: float | None  # years, from PatientAge ("055Y", "030M", ...)
     presentation_intent: str | None  # PresentationIntentType
+    acquired: str | None = None  # "YYYYMMDDHHMMSS.ffffff" from AcquisitionDateTime / -Date + -Time, else Content*
+    series_number: int | None = None  # SeriesNumber
+    instance_number: int | None = None  # InstanceNumber
 
 
 def read_mammogram(path: str | Path, *, for_processing: bool = False) -> tuple[np.ndarray, MammogramMeta]:
@@ -185,6 +191,10 @@ def _stored_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
         raise DicomReadError(f"{path}: cannot decode {tsyntax.name} pixel data ({type(e).__name__}: {e})") from e
     if stored.shape != (rows, cols):
         raise DicomReadError(f"{path}: decoded {stored.shape} pixels, but the header says {rows} x {cols}")
+    if tsyntax in _LOSSLESS_JPEG_SYNTAXES:  # its decoders fill a cut scan that ends with EOI without an error
+        shortfall = lossless_jpeg_shortfall(get_frame(ds.PixelData, 0, number_of_frames=1), stored)
+        if shortfall:
+            raise DicomReadError(f"{path}: the {tsyntax.name} bitstream is cut short ({shortfall}); damaged file")
     return stored
 
 
@@ -378,6 +388,34 @@ def _age(value: str | None) -> float | None:
     return int(value[:-1]) * _AGE_UNITS[value[-1].upper()]
 
 
+def _integer(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _timestamp(date: str | None, time: str | None) -> str | None:
+    """``YYYYMMDDHHMMSS.ffffff`` (sortable as text) from a DICOM DA (``20240131``, old ``2024.01.31``) and TM
+    (``093015.25``, old ``09:30:15``; missing: midnight); None without a valid date."""
+    day = "".join(c for c in date or "" if c.isdigit())
+    if len(day) != 8:
+        return None
+    whole, _, fraction = (time or "").partition(".")
+    clock = "".join(c for c in whole if c.isdigit())[:6].ljust(6, "0")
+    return f"{day}{clock}.{''.join(c for c in fraction if c.isdigit())[:6].ljust(6, '0')}"
+
+
+def _acquired(ds: Dataset) -> str | None:
+    """When the image was acquired: AcquisitionDateTime, AcquisitionDate + Time, else ContentDate + Time."""
+    stamp = _text(ds, "AcquisitionDateTime")
+    if stamp and (found := _timestamp(stamp[:8], stamp[8:].split("+")[0].split("-")[0])):
+        return found
+    return _timestamp(_text(ds, "AcquisitionDate"), _text(ds, "AcquisitionTime")) or _timestamp(
+        _text(ds, "ContentDate"), _text(ds, "ContentTime")
+    )
+
+
 def _meta(ds: Dataset, *, voi_function: str, flipped: bool | None) -> MammogramMeta:
     laterality = _text(ds, "ImageLaterality", "Laterality")
     return MammogramMeta(
@@ -396,4 +434,7 @@ def _meta(ds: Dataset, *, voi_function: str, flipped: bool | None) -> MammogramM
         sop_uid=_text(ds, "SOPInstanceUID"),
         age=_age(_text(ds, "PatientAge")),
         presentation_intent=_text(ds, "PresentationIntentType"),
+        acquired=_acquired(ds),
+        series_number=_integer(_text(ds, "SeriesNumber")),
+        instance_number=_integer(_text(ds, "InstanceNumber")),
     )

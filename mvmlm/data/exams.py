@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mvmlm.data import schema
+from mvmlm.data.device_augment import IDENTITY, DeviceAugment
 from mvmlm.data.ids import BREAST_KEYS, breast_ids, patient_keys
-from mvmlm.data.preprocess import load_cached
+from mvmlm.data.preprocess import load_cached, read_cache_values
 
 __all__ = [
     "SLOT_VIEWS",
@@ -107,7 +108,11 @@ def _label_dtype(name: str) -> torch.dtype:
 
 
 class _ViewsDataset(Dataset):
-    """Items ``{"images": (V, 1, H, W), "mask": (V,) bool, "labels": {name: tensor}, "id", "image_ids"}``."""
+    """Items ``{"images": (V, 1, H, W), "mask": (V,) bool, "labels": {name: tensor}, "id", "image_ids"}``.
+
+    With ``device`` (device augmentation) ``images`` are the stored uint16 values, untransformed, and ``affine``
+    ``(V, 5)`` holds each view's parameters drawn by ``device.draw`` (identity for a missing view).
+    """
 
     def __init__(
         self,
@@ -116,8 +121,10 @@ class _ViewsDataset(Dataset):
         label_columns: Mapping[str, Sequence[str]],
         id_columns: Sequence[str],
         transform: Callable[[torch.Tensor], torch.Tensor] | None,
+        device: DeviceAugment | None = None,
     ):
-        missing = [f"{s}_{c}" for s in slots for c in ("cache_path", "present", "image_id") if f"{s}_{c}" not in rows]
+        per_slot = [f"{s}_{c}" for s in slots for c in ("cache_path", "present", "image_id")]
+        missing = [c for c in per_slot if c not in rows]
         missing += [c for columns in label_columns.values() for c in columns if c not in rows]
         if missing:
             raise ValueError(f"table lacks column(s) {missing}; build it from a preprocessed (cached) image table")
@@ -127,21 +134,28 @@ class _ViewsDataset(Dataset):
         self.slots = tuple(slots)
         self.label_columns = {name: list(columns) for name, columns in label_columns.items()}
         self.id_columns = list(id_columns)
-        self.transform = transform
+        self.transform, self.device = transform, device
+        used = [*self.id_columns, *per_slot, *(c for columns in self.label_columns.values() for c in columns)]
+        # plain lists: a pandas row per item costs more than reading its cached image
+        self.columns = {c: self.rows[c].tolist() for c in dict.fromkeys(used)}
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows.iloc[index]
+        row = {c: values[index] for c, values in self.columns.items()}
         item_id = "/".join(str(row[c]) for c in self.id_columns)
         views: list[torch.Tensor | None] = []
+        params: dict[str, torch.Tensor] = {}  # slot -> the affine drawn for the device
         for slot in self.slots:
             if not row[f"{slot}_present"]:
                 views.append(None)
-                continue
-            image = torch.from_numpy(load_cached(row[f"{slot}_cache_path"]))[None]
-            views.append(self.transform(image) if self.transform else image)
+            elif self.device is not None:
+                views.append(torch.from_numpy(read_cache_values(row[f"{slot}_cache_path"]))[None])
+                params[slot] = self.device.draw(views[-1].shape)
+            else:
+                image = torch.from_numpy(load_cached(row[f"{slot}_cache_path"]))[None]
+                views.append(self.transform(image) if self.transform else image)
         shapes = [v for v in views if v is not None]
         if not shapes:
             raise ValueError(f"row {index} ({item_id}) has no present view")
@@ -150,13 +164,16 @@ class _ViewsDataset(Dataset):
         for name, columns in self.label_columns.items():
             values = torch.tensor([encode_label(name, row[c]) for c in columns], dtype=_label_dtype(name))
             labels[name] = values[0] if len(columns) == 1 else values
-        return {
+        item = {
             "images": images,
             "mask": torch.tensor([v is not None for v in views]),
             "labels": labels,
             "id": item_id,
             "image_ids": [str(row[f"{s}_image_id"]) if row[f"{s}_present"] else "" for s in self.slots],
         }
+        if self.device is not None:
+            item["affine"] = torch.stack([params.get(slot, torch.tensor(IDENTITY)) for slot in self.slots])
+        return item
 
 
 class BreastDataset(_ViewsDataset):
@@ -170,8 +187,9 @@ class BreastDataset(_ViewsDataset):
         breasts: pd.DataFrame,
         labels: Sequence[str] = DEFAULT_LABELS,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: DeviceAugment | None = None,
     ):
-        super().__init__(breasts, BREAST_SLOTS, {name: [name] for name in labels}, BREAST_KEYS, transform)
+        super().__init__(breasts, BREAST_SLOTS, {name: [name] for name in labels}, BREAST_KEYS, transform, device)
 
 
 class ExamDataset(_ViewsDataset):
@@ -185,6 +203,7 @@ class ExamDataset(_ViewsDataset):
         exams: pd.DataFrame,
         labels: Sequence[str] = DEFAULT_LABELS,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: DeviceAugment | None = None,
     ):
         columns = {name: [f"{side}_{name}" for side in SIDES] for name in labels}
-        super().__init__(exams, EXAM_SLOTS, columns, EXAM_KEYS, transform)
+        super().__init__(exams, EXAM_SLOTS, columns, EXAM_KEYS, transform, device)

@@ -1,4 +1,4 @@
-"""Breast crop, aspect-preserving resize and the 16-bit image cache: the ``mvmlm preprocess`` command.
+"""The 16-bit image cache of a canonical table: the ``mvmlm preprocess`` command.
 
 ``mvmlm preprocess --table vindr.parquet --root /data/vindr --out cache --workers 8 height=1520 width=912``
 
@@ -24,13 +24,15 @@ Lesion crops (``roi.enabled=true``, :mod:`mvmlm.data.roi`): the folder also hold
 crop, ``cache_path`` relative to the folder) and ``roi_failures.csv`` (images without a crop). The ROI parameters
 are part of the folder's hash, so caches with other crop parameters never mix (without ROI the hash is unchanged).
 
-Format: one uncompressed uint16 ``.npy`` per image (value = round(65535 * intensity), lossless at 16 bits).
-Reading one back is a single buffer read with no decoding (about 1 ms for 1520x912), several times faster than
-decoding a 16-bit PNG; the price is disk space (2.8 MB per image at the default size).
+Format (``cache_format``, part of the folder's hash unless ``npy``): ``npy`` (uncompressed, fastest to read),
+``png16`` or ``blosc2`` (lossless, about half the bytes); see :mod:`mvmlm.data.cache`, which reads each of them.
 
 Resumable: an image whose cache file exists is skipped, and every file is written to a temporary name and
 renamed, so a killed run never leaves a partial cache file; the failed images are retried by every rerun. Run one
-``preprocess`` per cache folder at a time.
+``preprocess`` per cache folder at a time, or split it: ``shard_id=I num_shards=N`` caches the images of shard ``I``
+(a stable hash of the image id) and writes its part table and failures to ``shards/<I>-of-<N>/`` (resumable per
+shard); then ``merge=true`` with the same parameters writes ``table.parquet`` and ``failures.csv`` exactly as one
+run would, refusing an incomplete or mismatched set of shards (:mod:`mvmlm.data.shards`).
 """
 
 from __future__ import annotations
@@ -45,13 +47,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from scipy import ndimage
 
 from mvmlm.batch import DEFAULT_MAX_FAILURES, check_max_failures, failure_summary
 from mvmlm.config import MISSING, ConfigError
 from mvmlm.data import dicom, schema
-from mvmlm.data.cache import TMP_MARK, from_cache_values, load_cached, read_cache_values, save_cached, to_cache_values
+from mvmlm.data.breast_crop import breast_bbox, crop_breast, resize_pad
+from mvmlm.data.cache import (
+    CACHE_FORMATS,
+    TMP_MARK,
+    cache_suffix,
+    from_cache_values,
+    load_cached,
+    read_cache_values,
+    save_cached,
+    to_cache_values,
+)
+from mvmlm.data.shards import (
+    check_shard,
+    finish_shard,
+    shard_dir,
+    shard_rows,
+    start_shard,
+)
 from mvmlm.data.workers import run_isolated
 from mvmlm.errors import InputError
 from mvmlm.rundir import RunDir
@@ -73,6 +90,8 @@ __all__ = [
     "load_cached",
     "read_cache_values",
     "preprocess_table",
+    "relative_cache_paths",
+    "shard_identity",
     "read_cached_table",
     "main",
     "NotCachedError",
@@ -101,7 +120,6 @@ ROI_TABLE_FILE = "roi_table.parquet"
 ROI_FAILURES_FILE = "roi_failures.csv"
 CROPS_DIR = "crops"
 DEFAULT_TIMEOUT = 120.0  # seconds per image before its worker is killed
-_BBOX_GRID = 512  # the breast mask is found on a grid of at most this many pixels per side
 
 
 @dataclass
@@ -135,68 +153,34 @@ class PreprocessParams:
     crop_threshold: float = 0.05  # breast = brighter than the background by this share of the intensity range
     roi: RoiParams = field(default_factory=RoiParams)  # lesion crops beside the images (roi.enabled=true)
     for_processing: bool = False  # also cache FOR PROCESSING (raw detector) images; default FOR PRESENTATION only
+    cache_format: str = "npy"  # npy (fastest read) | png16 | blosc2 (compressed, lossless): mvmlm.data.cache
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
             raise ConfigError(f"key 'height'/'width': must be positive, got {self.height}x{self.width}")
         if not 0 <= self.crop_threshold < 1:
             raise ConfigError(f"key 'crop_threshold': must be in [0, 1), got {self.crop_threshold}")
+        if self.cache_format not in CACHE_FORMATS:
+            known = ", ".join(CACHE_FORMATS.names())
+            raise ConfigError(f"key 'cache_format': one of {known}, got {self.cache_format!r}")
 
     def key(self) -> str:
         """Parameter part of the cache folder name: ``<height>x<width>-<10 hex digits of the parameter hash>`` (the
-        ROI parameters count only when crops are made, ``for_processing`` only when set, so caches without them keep
-        their name)."""
+        ROI parameters count only when crops are made, ``for_processing`` only when set, ``cache_format`` only when
+        not ``npy``, so caches without them keep their name)."""
         fields = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(PreprocessParams)
-            if f.name not in ("roi", "for_processing")
+            if f.name not in ("roi", "for_processing", "cache_format")
         }
         if self.for_processing:
             fields["for_processing"] = True
+        if self.cache_format != "npy":
+            fields["cache_format"] = self.cache_format
         if self.roi.enabled:
             fields["roi"] = {"version": ROI_VERSION, **dataclasses.asdict(self.roi)}
         blob = json.dumps({"version": CACHE_VERSION, **fields}, sort_keys=True)
         return f"{self.height}x{self.width}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
-
-
-def breast_bbox(image: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` (end-exclusive) of the largest bright component: the breast.
-
-    A pixel is bright when it exceeds the background (the image minimum, e.g. a SIGMOID VOI leaves it above 0)
-    by ``threshold`` times the intensity range. The mask is found on a grid of at most ``_BBOX_GRID`` pixels per
-    side and opened (isolated noise pixels removed). The whole image when nothing is bright (e.g. all zero).
-    """
-    height, width = image.shape
-    step = max(1, -(-max(height, width) // _BBOX_GRID))
-    small = image[::step, ::step]
-    low, high = float(small.min()), float(small.max())
-    mask = ndimage.binary_opening(small > low + threshold * (high - low))
-    if not mask.any():
-        return 0, height, 0, width
-    labels, _ = ndimage.label(mask)
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    rows, cols = ndimage.find_objects(labels)[largest - 1]
-    return rows.start * step, min(height, rows.stop * step), cols.start * step, min(width, cols.stop * step)
-
-
-def crop_breast(image: np.ndarray, threshold: float) -> np.ndarray:
-    """``image`` cropped to :func:`breast_bbox`."""
-    top, bottom, left, right = breast_bbox(image, threshold)
-    return image[top:bottom, left:right]
-
-
-def resize_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize keeping the aspect ratio to fit ``height x width``; zero-pad right and bottom. float32 in [0, 1]."""
-    rows, cols = image.shape
-    scale = min(height / rows, width / cols)
-    new_rows = min(height, max(1, round(rows * scale)))
-    new_cols = min(width, max(1, round(cols * scale)))
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (new_cols, new_rows), Image.Resampling.BILINEAR
-    )
-    out = np.zeros((height, width), dtype=np.float32)
-    out[:new_rows, :new_cols] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-    return out
 
 
 def preprocess_image(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
@@ -240,9 +224,10 @@ def _safe_name(value: str) -> str:
     return safe
 
 
-def cache_file(dataset: str, patient_id: str, image_id: str, kind: str = IMAGES_DIR) -> Path:
+def cache_file(dataset: str, patient_id: str, image_id: str, kind: str = IMAGES_DIR, cache_format: str = "npy") -> Path:
     """Path of an image's cache file (``kind``: ``images`` or ``crops``) relative to its cache folder."""
-    return Path(kind, _safe_name(dataset), _safe_name(patient_id), f"{_safe_name(image_id)}.npy")
+    name = f"{_safe_name(image_id)}{cache_suffix(cache_format)}"
+    return Path(kind, _safe_name(dataset), _safe_name(patient_id), name)
 
 
 def _cache_one(source: str, target: str, params: PreprocessParams) -> None:
@@ -252,12 +237,30 @@ def _cache_one(source: str, target: str, params: PreprocessParams) -> None:
     save_cached(target, preprocess_image(image, params))
 
 
-def _remove_partial_files(folder: Path) -> None:
-    """Delete temporary files a killed run left behind."""
+def relative_cache_paths(table: pd.DataFrame, kind: str, cache_format: str) -> list[str]:
+    """Every row's cache file (``kind``: images or crops) relative to the cache folder."""
+    ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
+    return [str(cache_file(dataset, patient, image, kind, cache_format)) for dataset, patient, image in ids]
+
+
+def _remove_partial_files(folder: Path, table: pd.DataFrame, cache_format: str) -> None:
+    """Delete temporary files a killed run left behind for the rows of ``table`` (those of other shards, maybe
+    being written right now, are left alone)."""
+    mine = {
+        *relative_cache_paths(table, IMAGES_DIR, cache_format),
+        *relative_cache_paths(table, CROPS_DIR, cache_format),
+    }
     for kind in (IMAGES_DIR, CROPS_DIR):
         if (folder / kind).is_dir():
             for tmp in (folder / kind).rglob(f".*{TMP_MARK}*"):
-                tmp.unlink(missing_ok=True)
+                target = tmp.parent / tmp.name[1 : tmp.name.rindex(TMP_MARK)]
+                if str(target.relative_to(folder)) in mine:
+                    tmp.unlink(missing_ok=True)
+
+
+def shard_identity(folder: Path) -> dict[str, str]:
+    """What every shard of one cache records and the merge checks: the folder name (parameters and table hash)."""
+    return {"cache": folder.name}
 
 
 def preprocess_table(
@@ -269,6 +272,8 @@ def preprocess_table(
     workers: int = 1,
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
+    shard_id: int = 0,
+    num_shards: int = 1,
 ) -> pd.DataFrame:
     """Cache every image of a canonical ``table`` (paths relative to ``root``) under ``cache_dir``.
 
@@ -278,42 +283,52 @@ def preprocess_table(
     with a ``cache_path`` column (relative to the cache folder), are written to ``table.parquet`` there. With
     ``params.roi.enabled`` the lesion crops of the cached rows follow (:func:`mvmlm.data.roi.cache_crops`).
 
+    With ``num_shards > 1`` only the rows of shard ``shard_id`` (:func:`~mvmlm.data.shards.shard_rows`) are cached,
+    and the part ``table.parquet`` / ``failures.csv`` go to the shard's folder (:mod:`mvmlm.data.shards`), marked
+    finished at the end; :func:`mvmlm.data.cache_merge.merge_shards` assembles the cache folder's own files.
+
     Returns:
         The rows that are cached, with ``cache_path`` as an absolute path.
     """
     params = params or PreprocessParams()
+    check_shard(shard_id, num_shards)
     table = schema.check(schema.conform(table), "table to preprocess")
     folder = cache_folder(cache_dir, params, table).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_partial_files(folder)
-    ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
-    relative = [str(cache_file(dataset, patient, image)) for dataset, patient, image in ids]
+    out = folder
+    if num_shards > 1:
+        table, out = shard_rows(table, shard_id, num_shards), start_shard(folder, shard_id, num_shards)
+    _remove_partial_files(folder, table, params.cache_format)
+    relative = relative_cache_paths(table, IMAGES_DIR, params.cache_format)
     todo = [
         (row, (str(Path(root) / path), str(folder / rel), params))
         for row, (path, rel) in enumerate(zip(table["path"], relative, strict=True))
         if not (folder / rel).is_file()
     ]
+    desc = "preprocess" if num_shards == 1 else f"preprocess {shard_id}/{num_shards}"
     errors = run_isolated(
-        _cache_one, todo, workers=workers, timeout=timeout, name="decoder", desc="preprocess", progress=progress
+        _cache_one, todo, workers=workers, timeout=timeout, name="decoder", desc=desc, progress=progress
     )
     failed = sorted(errors)
     failures = table.loc[failed, ["image_id", "path"]].assign(error=[errors[row] for row in failed])
-    failures.to_csv(folder / FAILURES_FILE, index=False)
+    failures.to_csv(out / FAILURES_FILE, index=False)
     cached = table.assign(cache_path=relative).drop(index=failed).reset_index(drop=True)
-    schema.write_table(cached, folder / TABLE_FILE)
+    schema.write_table(cached, out / TABLE_FILE)
     if params.roi.enabled:
         from mvmlm.data.roi import cache_crops  # roi builds on this module
 
-        cache_crops(
-            table.drop(index=failed), root, folder, params.roi, workers=workers, timeout=timeout, progress=progress
-        )
+        good = table.drop(index=failed)
+        kwargs = {"workers": workers, "timeout": timeout, "progress": progress, "cache_format": params.cache_format}
+        cache_crops(good, root, folder, params.roi, tables=out, **kwargs)
+    if num_shards > 1:
+        finish_shard(out, shard_identity(folder))
     log.info(
         "preprocess %s: %d images already cached, %d cached now, %d failed (see %s)",
-        folder,
+        out,
         len(table) - len(todo),
         len(todo) - len(errors),
         len(errors),
-        folder / FAILURES_FILE,
+        out / FAILURES_FILE,
     )
     return cached.assign(cache_path=[str(folder / rel) for rel in cached["cache_path"]])
 
@@ -335,21 +350,27 @@ class PreprocessConfig(PreprocessParams):
     workers: int = 1  # worker processes decoding images (a crashing decoder kills only its worker)
     timeout: float = DEFAULT_TIMEOUT  # seconds per image before its worker is killed and the image failed
     max_failures: float = DEFAULT_MAX_FAILURES  # exit code 2 when more than this fraction of the images failed
+    shard_id: int = 0  # with num_shards > 1: cache only this shard's images (e.g. $SLURM_ARRAY_TASK_ID)
+    num_shards: int = 1  # split the images between this many runs (machines); then one run with merge=true
+    merge: bool = False  # assemble table.parquet / failures.csv from a complete set of finished shards
     progress: bool = True  # progress bar
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_max_failures(self.max_failures)
+        check_shard(self.shard_id, self.num_shards)
         if self.timeout <= 0 or self.workers < 1:
             raise ConfigError(f"keys 'timeout', 'workers': must be positive, got {self.timeout}, {self.workers}")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``mvmlm preprocess``: crop, resize and cache every image of a canonical table.
+    """``mvmlm preprocess``: crop, resize and cache every image of a canonical table (or one shard's images; or
+    merge the shards).
 
     Raises:
         TooManyFailuresError: every image, or more than ``max_failures`` of them, failed (the cache, its table and
             failures.csv are written first).
+        ShardSetError: ``merge`` without one complete set of finished shards of these parameters and table.
     """
     from mvmlm.commands import PREPROCESS
 
@@ -358,23 +379,35 @@ def main(argv: list[str] | None = None) -> dict:
     table = schema.check(schema.conform(schema.read_table(cfg.table)), cfg.table)
     if not Path(cfg.root).is_dir():
         raise FileNotFoundError(f"key 'root': dataset root not found: {cfg.root}")
-    run = RunDir.create(cache_folder(cfg.out, params, table), cfg)  # created only once the input is known good
-    cached = preprocess_table(
-        table, cfg.root, cfg.out, params, workers=cfg.workers, timeout=cfg.timeout, progress=cfg.progress
-    )
+    folder = cache_folder(cfg.out, params, table)
+    sharded = cfg.num_shards > 1 and not cfg.merge
+    images = len(shard_rows(table, cfg.shard_id, cfg.num_shards)) if sharded else len(table)
+    if cfg.merge:
+        from mvmlm.data.cache_merge import merge_shards  # builds on this module
+
+        cached = merge_shards(table, cfg.out, params, cfg.num_shards if cfg.num_shards > 1 else None)
+        run = RunDir.create(folder, cfg)  # once the shards are known good
+    else:  # the run directory is created only once the input is known good
+        run = RunDir.create(shard_dir(folder, cfg.shard_id, cfg.num_shards) if sharded else folder, cfg)
+        shard = {"shard_id": cfg.shard_id, "num_shards": cfg.num_shards}
+        cached = preprocess_table(
+            table, cfg.root, cfg.out, params, workers=cfg.workers, timeout=cfg.timeout, progress=cfg.progress, **shard
+        )
     metrics = {
-        "images": len(table),
+        "images": images,
         "cached": len(cached),
-        "failures": len(table) - len(cached),
-        "folder": str(run.path),
+        "failures": images - len(cached),
+        "folder": str(folder.resolve()),
         "table": str(run.file(TABLE_FILE)),
     }
+    if sharded:
+        metrics["shard"] = f"{cfg.shard_id}/{cfg.num_shards}"
     if params.roi.enabled:
         metrics["crops"] = len(schema.read_table(run.file(ROI_TABLE_FILE)))
         metrics["crop_table"] = str(run.file(ROI_TABLE_FILE))
     run.write_metrics(metrics)
     done = failure_summary(
-        len(cached), len(table) - len(cached), cfg.max_failures, what="images", where=str(run.file(FAILURES_FILE))
+        len(cached), images - len(cached), cfg.max_failures, what="images", where=str(run.file(FAILURES_FILE))
     )
     log.info("preprocess %s: %s", run.path, done)
     return metrics

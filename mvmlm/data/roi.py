@@ -186,10 +186,14 @@ def cache_crops(
     workers: int = 1,
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
+    cache_format: str = "npy",
+    tables: str | Path | None = None,
 ) -> pd.DataFrame:
     """Crop and cache the lesion of every image of a canonical ``table`` into the image cache ``folder``.
 
-    Crops already cached are reused. Each image is cropped in a worker process
+    Crops are written in ``cache_format`` (:mod:`mvmlm.data.cache`); ``roi_table.parquet`` and ``roi_failures.csv``
+    go to ``tables`` (default: ``folder``; a shard's own folder when preprocessing is sharded). Crops already
+    cached are reused. Each image is cropped in a worker process
     (:func:`~mvmlm.data.workers.run_isolated`), so a decoder that crashes or hangs past ``timeout`` seconds fails that
     image only. Images without a crop (no ROI under ``missing: skip``, unreadable files, crashed decoders) are
     logged, written to ``roi_failures.csv`` and left out of ``roi_table.parquet``.
@@ -201,7 +205,7 @@ def cache_crops(
     folder.mkdir(parents=True, exist_ok=True)
     table = schema.conform(table).reset_index(drop=True)
     ids = zip(table["dataset"], table["patient_id"], table["image_id"], strict=True)
-    relative = [str(cache_file(dataset, patient, image, CROPS_DIR)) for dataset, patient, image in ids]
+    relative = [str(cache_file(dataset, patient, image, CROPS_DIR, cache_format)) for dataset, patient, image in ids]
     todo = [
         (i, (row, str(root), str(folder / relative[i]), params))
         for i, row in table.iterrows()
@@ -214,15 +218,16 @@ def cache_crops(
         log.warning("roi crop skipped: %s", error)
     failed = sorted(errors)
     failures = table.loc[failed, ["image_id", "path"]].assign(error=[errors[i] for i in failed])
-    failures.to_csv(folder / ROI_FAILURES_FILE, index=False)
+    tables = Path(tables or folder)
+    failures.to_csv(tables / ROI_FAILURES_FILE, index=False)
     cached = table.assign(cache_path=relative).drop(index=failed).reset_index(drop=True)
-    schema.write_table(cached, folder / ROI_TABLE_FILE)
+    schema.write_table(cached, tables / ROI_TABLE_FILE)
     log.info(
         "roi crops in %s: %d cached, %d without a crop (see %s)",
         folder,
         len(cached),
         len(failed),
-        folder / ROI_FAILURES_FILE,
+        tables / ROI_FAILURES_FILE,
     )
     return cached.assign(cache_path=[str(folder / rel) for rel in cached["cache_path"]])
 

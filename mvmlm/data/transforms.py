@@ -6,6 +6,7 @@ probability 0.5; that moves the chest wall to the right, so it is off by default
 
 With a ``torch.Generator`` the parameters come from it (reproducible); without, from torch's global generator,
 which a DataLoader seeds per worker from its own generator, so seeded loaders are reproducible too.
+:mod:`mvmlm.data.device_augment` applies the same draws to whole batches on the training device.
 """
 
 from __future__ import annotations

@@ -28,8 +28,15 @@ class InputConfig:
 class PredictConfig(InputConfig):
     """``mvmlm predict``: probabilities per breast (and per exam for four-view models)."""
 
-    format: str = "table"  # table (predictions.csv + predictions.parquet) | json (also predictions.json)
+    # table (predictions.csv + .parquet) | json (also predictions.json) | mirai (risk models: also
+    # predictions_mirai.csv in Mirai's layout)
+    format: str = "table"
     rois: str = ""  # lesion boxes CSV (image, xmin, ymin, xmax, ymax): needed by bundles predicting from crops
+    # risk and co-attention models: clinical values CSV (a column per covariate / metadata field, e.g. age, density),
+    # a row per exam_id (StudyInstanceUID) or image_id (SOPInstanceUID); its values win over the DICOM header's
+    covariates: str = ""
+    explain: bool = False  # also a Grad-CAM heatmap per view into OUT/heatmaps (columns <slot>_heatmap)
+    prompts: str = ""  # MV-CLIP bundles: zero-shot prompts YAML (task: {class: [prompt, ...]}); '' = the bundle's
 
 
 @dataclass
@@ -46,4 +53,5 @@ class PushConfig:
     model: str = MISSING  # bundle directory
     repo_id: str = MISSING  # org/name
     private: bool = False
+    include_text_encoder: bool = False  # first copy the frozen text encoder into the bundle (loads without the Hub)
     commit_message: str = "Upload mvmlm model bundle"  # the token: HF_TOKEN or `hf auth login`, as huggingface_hub

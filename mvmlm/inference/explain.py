@@ -2,19 +2,22 @@
 
 Classifier bundles (``finetune``, ``multiview``) get Grad-CAM or Grad-CAM++ (the ``grad-cam`` package) on the last
 feature map of their image encoder, for the predicted class (or ``target``) of each breast; a four-view model explains
-each view with the head of its own side and reports its attention weight beside the map. MV-CLIP bundles get a
-text-prompt map: Grad-CAM of the cosine similarity between the view's image embedding and the ``prompt``'s text
-embedding. Every map is ``(H, W)`` in [0, 1] in the pixels of the preprocessed view (the image the model reads).
+each view with the head of its own side and reports its attention weight beside the map. MV-CLIP bundles get
+text-prompt maps: Grad-CAM of the cosine similarity between the view's image embedding and the ``prompt``'s text
+embedding, or without a prompt one map per zero-shot class (its prompt ensemble's class embedding,
+:func:`mvmlm.inference.zeroshot.prompts_for`), the files then named ``<unit>_<slot>_<task>_<class>``. Every map is
+``(H, W)`` in [0, 1] in the pixels of the preprocessed view (the image the model reads).
 
 Images are read as ``mvmlm predict`` reads them (:class:`~mvmlm.inference.predict.ViewsDataset`). ``OUT`` gets one
 ``<unit>_<slot>.png`` overlay and ``<unit>_<slot>.npy`` map per view and ``explanations.csv`` (one row per view:
-unit index, slot, image id, target, score, attention, the two file names) plus ``skipped.csv``.
+unit index, slot, laterality, view, image id, target, score, attention, the two file names) plus ``skipped.csv``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mvmlm.bundle import Bundle, BundleError, load_model
 from mvmlm.inference.predict import NothingPredictedError, ViewsDataset, collate_views, load_units, resolve_device
+from mvmlm.inference.zeroshot import class_embeddings, prompts_for
 from mvmlm.models.image_encoders import ImageEncoder
 from mvmlm.registry import Registry
 
@@ -180,18 +184,36 @@ def _multiview(
 
 
 @EXPLAINERS.register("mvclip")
-def _mvclip(bundle: Bundle, images: Tensor, mask: Tensor, prompt: str = "", **_: Any) -> list[CamPass]:
-    if not prompt:
-        raise BundleError("an MV-CLIP bundle explains the similarity to a text: give prompt='spiculated mass'")
+def _mvclip(
+    bundle: Bundle, images: Tensor, mask: Tensor, prompt: str = "", prompts: str = "", **_: Any
+) -> list[CamPass]:
+    """One pass per text: ``prompt``, else every zero-shot class (its prompt ensemble's class embedding, labelled
+    ``task: class``) of the bundle's prompts or the YAML file ``prompts``."""
     module = bundle.module
+    if prompt:
+        concepts = {prompt: [prompt]}
+    else:
+        found = prompts_for(bundle, prompts or None)
+        concepts = {
+            f"{task}: {name}": ensemble for task, classes in found.items() for name, ensemble in classes.items()
+        }
     with torch.no_grad():
-        text = module.encode_text([prompt], normalize=True)[0].float()
+        texts = class_embeddings(module, list(concepts.values())).float()
         embeddings = module.encode_image(images[mask], normalize=True).float()
     present = [tuple(v) for v in mask.nonzero().tolist()]
     model = _Views(module, images.shape[1], lambda views: module.encode_image(views[mask]))
-    targets = [_Similarity(text)] * len(present)
-    scores = (embeddings @ text).tolist()
-    return [CamPass(model, feature_layer(module.image), targets, present, [prompt] * len(present), scores)]
+    layer = feature_layer(module.image)
+    return [
+        CamPass(
+            model,
+            layer,
+            [_Similarity(text)] * len(present),
+            present,
+            [label] * len(present),
+            (embeddings @ text).tolist(),
+        )
+        for label, text in zip(concepts, texts, strict=True)
+    ]
 
 
 def bundle_slots(bundle: Bundle) -> tuple[str, ...]:
@@ -208,7 +230,8 @@ def explain_views(
 
     Args:
         options: ``target`` (class name; default the predicted class), ``head`` (four-view models; default the
-            first), ``prompt`` (MV-CLIP bundles).
+            first), ``prompt`` (MV-CLIP bundles; default every zero-shot class of ``prompts``, a YAML file, else of
+            the bundle's prompt ensemble).
     """
     cam_class = METHODS.get(method)
     explainer = EXPLAINERS.get(bundle.kind)
@@ -281,10 +304,13 @@ def explain_paths(
             for view_map in explain_views(bundle, batch_images, batch["mask"].to(target), method, **options):
                 unit = units.rows.iloc[batch["index"][view_map.row]]
                 slot = units.slots[view_map.view]
+                side, _, view = slot.rpartition("_")  # exam slots L_CC ...; breast slots CC, MLO
                 rows.append(
                     {
                         "unit": int(batch["index"][view_map.row]),
                         "slot": slot,
+                        "laterality": side or unit["laterality"],
+                        "view": view,
                         "image_id": unit[f"{slot}_image_id"],
                         "method": method if bundle.kind != "mvclip" else f"{method} prompt similarity",
                         "target": view_map.target,
@@ -297,11 +323,17 @@ def explain_paths(
     return Explanation(pd.DataFrame(rows), maps, images, pd.DataFrame(skipped, columns=["path", "reason"]))
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
 def write_explanation(explanation: Explanation, out: Path) -> None:
     """``<unit>_<slot>.npy`` / ``.png`` per view, ``explanations.csv`` and ``skipped.csv`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     explanation.skipped.to_csv(out / "skipped.csv", index=False)
     names = [f"{row.unit:05d}_{row.slot}" for row in explanation.views.itertuples()]
+    if len(set(names)) < len(names):  # several maps per view (MV-CLIP: one per zero-shot class)
+        names = [f"{n}_{_slug(t)}" for n, t in zip(names, explanation.views["target"], strict=True)]
     for name, heatmap, image in zip(names, explanation.maps, explanation.images, strict=True):
         np.save(out / f"{name}.npy", heatmap, allow_pickle=False)
         Image.fromarray(overlay(image, heatmap)).save(out / f"{name}.png")
@@ -325,7 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
         workers=cfg.workers,
         allow_for_processing=cfg.allow_for_processing,
         progress=cfg.progress,
-        **{k: v for k, v in {"target": cfg.target, "head": cfg.head, "prompt": cfg.prompt}.items() if v},
+        **{
+            k: v
+            for k, v in {"target": cfg.target, "head": cfg.head, "prompt": cfg.prompt, "prompts": cfg.prompts}.items()
+            if v
+        },
     )
     out = Path(cfg.out)
     write_explanation(explanation, out)

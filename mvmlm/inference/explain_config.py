@@ -16,6 +16,7 @@ class ExplainConfig(InputConfig):
     method: str = "gradcam"  # gradcam | gradcam++ (classifier and MV-CLIP bundles alike)
     target: str = ""  # class explained ('' = the predicted class of each breast / side)
     head: str = ""  # four-view models: the head explained ('' = the first)
-    prompt: str = ""  # MV-CLIP bundles: the text whose similarity is mapped, e.g. "spiculated mass"
+    prompt: str = ""  # MV-CLIP bundles: the text whose similarity is mapped, e.g. "spiculated mass" ('' = every class)
+    prompts: str = ""  # MV-CLIP bundles without prompt: a YAML task -> class -> prompts ('' = the bundle's ensemble)
     batch_size: int = 4
     workers: int = 0

@@ -3,8 +3,12 @@ the rows of a canonical table / ``mvmlm preprocess`` cache table.
 
 DICOM grouping: patient = PatientID, exam = StudyInstanceUID, image = SOPInstanceUID, side = ImageLaterality, else
 Laterality, view = ViewPosition, else ViewCodeSequence (:func:`mvmlm.data.dicom.read_dicom_header`, the data layer's
-fallbacks). A slot (CC, MLO) takes one image by the data layer's rule (:func:`mvmlm.data.exams.build_breasts`: the
-preferred view code, then the smallest image id); other images of that slot are skipped with the reason.
+fallbacks), age = PatientAge. A slot (CC, MLO) takes one image: the preferred view code (the data layer's
+``SLOT_VIEWS``: CC before XCCL, ...), then the newest acquisition (AcquisitionDateTime, else AcquisitionDate +
+AcquisitionTime, else ContentDate + ContentTime; then the higher SeriesNumber, then the higher InstanceNumber; an image
+without them counts as the oldest), then the smallest image id. The other images of that slot are skipped, the reason
+naming the image used and why. Table rows carry no acquisition time: their slots follow the preferred view code and
+the smallest image id (:func:`mvmlm.data.exams.build_breasts`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ def _dicom_row(path: Path) -> dict[str, object]:
         "laterality": meta.laterality,
         "view": meta.view,
         "split": "test",
+        "age": meta.age,
+        "acquired": meta.acquired,
+        "series_number": meta.series_number,
+        "instance_number": meta.instance_number,
     }
 
 
@@ -69,8 +77,36 @@ def _table_rows(path: Path, root: str) -> tuple[pd.DataFrame, bool]:
     return table.assign(path=[str((base / p).resolve()) for p in table["path"]]), False
 
 
+_ACQUISITION = ("acquired", "series_number", "instance_number")
+
+
+def _acquisition(row: pd.Series) -> str:
+    when = row["acquired"]
+    shown = f"acquired {when[:4]}-{when[4:6]}-{when[6:8]} {when[8:10]}:{when[10:12]}:{when[12:14]}" if when else ""
+    numbers = ", ".join(
+        f"{name} {int(row[key])}"
+        for name, key in (("series", "series_number"), ("instance", "instance_number"))
+        if pd.notna(row[key])
+    )
+    return ", ".join(part for part in (shown, numbers) if part) or "no acquisition time"
+
+
+def _reason(row: pd.Series, chosen: pd.Series) -> str:
+    """Why ``row`` is not used for its slot when ``chosen`` is."""
+    slot, used = row["slot_"], chosen["image_id"]
+    if chosen["rank_"] != row["rank_"]:
+        return f"view {row['view']!r} not used: its breast has a {chosen['view']} image for the {slot} slot ({used})"
+    if [row[k] for k in _ACQUISITION] != [chosen[k] for k in _ACQUISITION]:
+        return (
+            f"duplicate {slot} view of its breast: image {used} is a newer acquisition ({_acquisition(chosen)}; "
+            f"this one: {_acquisition(row)})"
+        )
+    return f"duplicate {slot} view of its breast with the same acquisition time: image {used} (smaller id) is used"
+
+
 def _unused_views(images: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Images whose view fits a slot and is the one the slot takes; the others with their reason."""
+    """Images whose view fits a slot and is the one the slot takes (see the module docstring); the others with
+    their reason."""
     rank = {view: (slot, i) for slot, views in SLOT_VIEWS.items() for i, view in enumerate(views)}
     fits = images["view"].isin(list(rank))
     skipped = [
@@ -80,13 +116,21 @@ def _unused_views(images: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, st
     usable = images[fits].assign(
         slot_=lambda f: f["view"].map(lambda v: rank[v][0]), rank_=lambda f: f["view"].map(lambda v: rank[v][1])
     )
-    ordered = usable.sort_values([*BREAST_KEYS, "slot_", "rank_", "image_id"])
-    duplicate = ordered.duplicated([*BREAST_KEYS, "slot_"], keep="first")
-    kept = ordered[~duplicate].set_index([*BREAST_KEYS, "slot_"])["image_id"]
-    for row in ordered[duplicate].itertuples(index=False):
-        chosen = kept[(row.dataset, row.patient_id, row.exam_id, row.laterality, row.slot_)]
-        skipped.append({"path": row.path, "reason": f"second {row.slot_} image of its breast; image {chosen} is used"})
-    return ordered[~duplicate].drop(columns=["slot_", "rank_"]), skipped
+    for key in _ACQUISITION:
+        if key not in usable.columns:
+            usable[key] = None
+    keys = [*BREAST_KEYS, "slot_"]
+    ordered = usable.sort_values(
+        [*keys, "rank_", *_ACQUISITION, "image_id"],
+        ascending=[True] * (len(keys) + 1) + [False] * len(_ACQUISITION) + [True],
+        na_position="last",
+        kind="stable",
+    )
+    duplicate = ordered.duplicated(keys, keep="first")
+    kept = ordered[~duplicate].set_index(keys)
+    for _, row in ordered[duplicate].iterrows():
+        skipped.append({"path": row["path"], "reason": _reason(row, kept.loc[tuple(row[k] for k in keys)])})
+    return ordered[~duplicate].drop(columns=["slot_", "rank_", *_ACQUISITION]), skipped
 
 
 def collect(paths: list[str], root: str = "") -> Inputs:

@@ -6,6 +6,8 @@ exactly the image training read from the cache) by DataLoader workers while the 
 ``predictions.csv`` and ``predictions.parquet`` (one row per breast; per exam too for four-view models, ``level``
 says which; columns ``prob_<head>_<class>``) and ``skipped.csv`` (path, reason) for every file not used.
 A breast with one view is predicted with the model's missing-view handling and named in ``missing_views``.
+MV-CLIP bundles give zero-shot class probabilities (:mod:`mvmlm.inference.zeroshot`); ``--explain`` adds a heatmap
+per view (:func:`with_heatmaps`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mvmlm.bundle import Bundle, load_model
+from mvmlm.config import ConfigError
 from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.exams import BREAST_SLOTS, EXAM_SLOTS, build_breasts, build_exams
 from mvmlm.data.preprocess import (
@@ -40,6 +43,7 @@ from mvmlm.data.roi import NoRoiError
 from mvmlm.errors import InputError
 from mvmlm.inference.inputs import Inputs, collect
 from mvmlm.inference.rois import RoiError, Rois, read_rois
+from mvmlm.inference.zeroshot import ZeroShotClassifier, prompts_for, supports_zero_shot
 
 __all__ = [
     "NothingPredictedError",
@@ -52,6 +56,8 @@ __all__ = [
     "forward_threads",
     "Prediction",
     "predict_paths",
+    "HEATMAPS_DIR",
+    "with_heatmaps",
     "main",
 ]
 
@@ -208,9 +214,15 @@ def forward_threads(device: torch.device, workers: int) -> Iterator[int]:
 def _rows(bundle: Bundle, units: Units, index: list[int], mask: torch.Tensor, out: dict) -> list[dict]:
     """Output rows of one batch: per breast (and per exam for exam-level bundles)."""
     records = []
+    own = bundle.unit_columns(units.rows.iloc[index], out)  # a bundle's own columns (risk models), else None
     for b, i in enumerate(index):
         unit, present = units.rows.iloc[i], mask[b].numpy()
         base = {"dataset": unit["dataset"], "patient_id": unit["patient_id"], "exam_id": unit["exam_id"]}
+        if own is not None:
+            used, missing = _views(units.slots, present)
+            ids = {f"{s}_image_id": unit[f"{s}_image_id"] if present[k] else None for k, s in enumerate(units.slots)}
+            records.append({"level": bundle.level, **base, "views": used, "missing_views": missing, **ids, **own[b]})
+            continue
         if bundle.level == "breast":
             used, missing = _views(units.slots, present)
             record = {
@@ -259,13 +271,21 @@ def predict_paths(
     workers: int = 2,
     allow_for_processing: bool = False,
     rois: str = "",
+    prompts: str = "",
+    covariates: str = "",
     progress: bool = False,
 ) -> Prediction:
     """Predictions for every breast (and exam) of ``paths`` and the files skipped, with their reasons.
 
+    An MV-CLIP bundle predicts zero-shot class probabilities: its prompt ensemble, or the YAML file ``prompts``
+    (:func:`mvmlm.inference.zeroshot.prompts_for`). A risk bundle reads its covariates, a co-attention bundle its
+    metadata fields, from the DICOM headers and the CSV ``covariates`` (:meth:`mvmlm.bundle.Bundle.prepare_units`).
+
     Raises:
         RoiError: a bundle that predicts from lesion crops without ``rois`` (or with a cache table as input).
     """
+    if supports_zero_shot(bundle):
+        bundle = ZeroShotClassifier(bundle, prompts_for(bundle, prompts or None))
     if bundle.needs_rois and not rois:
         raise RoiError(
             f"a {bundle.kind} bundle predicts from lesion crops: give --rois FILE.csv (columns image, xmin, ymin, "
@@ -280,6 +300,9 @@ def predict_paths(
     skipped = list(units.inputs.skipped)
     records: list[dict] = []
     if len(units.rows):
+        units.rows, refused = bundle.prepare_units(units.rows, units.inputs.images, covariates)
+        skipped += refused
+    if len(units.rows):
         boxes = read_rois(rois) if bundle.needs_rois else None
         dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing, boxes)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_views)
@@ -290,18 +313,52 @@ def predict_paths(
                 skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
                 if batch["index"]:
                     crops = {"crops": (batch["crops"].to(target), batch["crop_mask"].to(target))} if boxes else {}
-                    out = bundle.predict_views(batch["images"].to(target), batch["mask"].to(target), **crops)
+                    extra = bundle.unit_inputs(units.rows.iloc[batch["index"]])
+                    out = bundle.predict_views(
+                        batch["images"].to(target),
+                        batch["mask"].to(target),
+                        **crops,
+                        **{k: v.to(target) for k, v in extra.items()},
+                    )
                     out = {k: v.detach().float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
                     records += _rows(bundle, units, batch["index"], batch["mask"], out)
     return Prediction(pd.DataFrame(records), pd.DataFrame(skipped, columns=["path", "reason"]))
 
 
+HEATMAPS_DIR = "heatmaps"
+
+
+def with_heatmaps(
+    bundle: Bundle, predictions: pd.DataFrame, out: Path, paths: Sequence[str], **options: Any
+) -> pd.DataFrame:
+    """``predictions`` with a ``<slot>_heatmap`` column beside each ``<slot>_image_id``: the overlay(s) of that view
+    (``;``-separated where a view has several, e.g. one per MV-CLIP zero-shot class) in ``out/heatmaps/``, written by
+    :mod:`mvmlm.inference.explain` (``explanations.csv`` there lists every map)."""
+    from mvmlm.inference.explain import explain_paths, write_explanation
+
+    folder = out / HEATMAPS_DIR
+    write_explanation(explain_paths(bundle, list(paths), **options), folder)
+    listed = pd.read_csv(folder / "explanations.csv", dtype={"image_id": str})
+    files = listed.groupby("image_id")["overlay_file"].agg(lambda f: ";".join(f"{HEATMAPS_DIR}/{n}" for n in f))
+    columns = [c for c in predictions.columns if c.endswith("_image_id")]
+    return predictions.assign(**{c.replace("_image_id", "_heatmap"): predictions[c].map(files) for c in columns})
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """``mvmlm predict``: write predictions.csv / .parquet and skipped.csv into ``out``."""
+    """``mvmlm predict``: write predictions.csv / .parquet and skipped.csv into ``out`` (and with ``explain`` the
+    heatmaps into ``out/heatmaps``)."""
     from mvmlm.commands import PREDICT
 
     cfg = PREDICT.parse(argv)
     bundle = load_model(cfg.model)
+    if cfg.format not in ("table", "json", *bundle.formats):
+        known = ", ".join(("table", "json", *bundle.formats))
+        raise ConfigError(f"key 'format': {cfg.format!r}; a {bundle.kind} bundle writes {known}")
+    if cfg.explain:
+        from mvmlm.inference.explain import EXPLAINERS
+
+        if bundle.kind not in EXPLAINERS:
+            raise ConfigError(f"--explain: a {bundle.kind} bundle has no heatmaps; kinds with: {', '.join(EXPLAINERS)}")
     result = predict_paths(
         bundle,
         cfg.input,
@@ -311,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
         workers=cfg.workers,
         allow_for_processing=cfg.allow_for_processing,
         rois=cfg.rois,
+        prompts=cfg.prompts,
+        covariates=cfg.covariates,
         progress=cfg.progress,
     )
     out = Path(cfg.out)
@@ -321,10 +380,17 @@ def main(argv: list[str] | None = None) -> dict:
             f"nothing could be predicted from {', '.join(cfg.input)}: {len(result.skipped)} file(s) skipped "
             f"(reasons in {out / 'skipped.csv'})"
         )
+    if cfg.explain:
+        options = {"root": cfg.root, "device": cfg.device, "workers": cfg.workers, "prompts": cfg.prompts}
+        options["allow_for_processing"], options["progress"] = cfg.allow_for_processing, cfg.progress
+        result.predictions = with_heatmaps(bundle, result.predictions, out, cfg.input, **options)
     result.predictions.to_csv(out / "predictions.csv", index=False)
     result.predictions.to_parquet(out / "predictions.parquet", index=False)
     if cfg.format == "json":
         (out / "predictions.json").write_text(result.predictions.to_json(orient="records", indent=1))
+    if cfg.format in bundle.formats:
+        table = bundle.format_predictions(result.predictions, cfg.format)
+        table.to_csv(out / f"predictions_{cfg.format}.csv", index=False)
     summary = {"rows": len(result.predictions), "skipped": len(result.skipped), "out": str(out)}
     log.info("predict: %d row(s) into %s, %d file(s) skipped", summary["rows"], out, summary["skipped"])
     print(json.dumps(summary))

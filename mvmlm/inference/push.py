@@ -1,10 +1,12 @@
-"""``mvmlm push --model DIR --repo-id ORG/NAME [--private]``: check a bundle and upload it with huggingface_hub."""
+"""``mvmlm push --model DIR --repo-id ORG/NAME [--private] [--include-text-encoder]``: check a bundle and upload it
+with huggingface_hub; ``--include-text-encoder`` first vendors the frozen text encoder into the bundle
+(:func:`mvmlm.bundle.include_text_encoder`)."""
 
 from __future__ import annotations
 
 import logging
 
-from mvmlm.bundle import load_model
+from mvmlm.bundle import include_text_encoder, load_model
 
 __all__ = ["main"]
 
@@ -16,6 +18,8 @@ def main(argv: list[str] | None = None) -> str:
     from mvmlm.commands import PUSH
 
     cfg = PUSH.parse(argv)
+    if cfg.include_text_encoder:
+        log.info("including the text encoder in %s: %s", cfg.model, include_text_encoder(cfg.model))
     bundle = load_model(cfg.model)
     url = bundle.push_to_hub(cfg.repo_id, private=cfg.private, commit_message=cfg.commit_message)
     log.info("pushed %s (%s bundle) to %s: %s", cfg.model, bundle.kind, cfg.repo_id, url)

@@ -20,6 +20,8 @@ from mvmlm.report.figures import file_uri, line_plot
 
 __all__ = ["Section", "SECTIONS", "collect"]
 
+DICOM_UID = r"\b\d+(?:\.\d+){3,}\b"  # a DICOM UID (digits and dots) as predict's skip reasons may quote it
+
 
 @dataclass(frozen=True)
 class Section:
@@ -230,7 +232,100 @@ def read_risk(folder: Path, cfg: Any) -> dict | None:
         )
     counts = [{"split": s, **c} for s, c in metrics["counts"].items()]
     names = [f"{kind}_{model}.png" for model in metrics["models"] for kind in ("km_quartiles", "calibration")]
-    return {"columns": columns, "rows": rows, "counts": counts, "plots": _images(folder / "plots", names)}
+    return {
+        "columns": columns,
+        "rows": rows,
+        "counts": counts,
+        "comparison": _comparison(folder / "comparison.csv"),
+        "plots": _images(folder / "plots", names),
+    }
+
+
+def _comparison(path: Path) -> dict | None:
+    """The risk command's three-way table (image-only / clinical-only / combined, calibration before and after, the
+    paired combined - clinical difference): each metric with its 95 % CI, empty where undefined."""
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    metrics = [c for c in table.columns if c not in ("kind", "inputs", "model") and not c.endswith(("_low", "_high"))]
+    rows = [
+        {
+            "model": r["model"],
+            "inputs": r["inputs"],
+            "cells": ["" if r[m] != r[m] else fmt_ci(r[m], r.get(f"{m}_low"), r.get(f"{m}_high")) for m in metrics],
+        }
+        for _, r in table.iterrows()
+    ]
+    return {"columns": metrics, "rows": rows}
+
+
+def read_grid(folder: Path, cfg: Any) -> dict | None:
+    """The MV-MLM Table 1 grid (``mvmlm pretrain-grid``): per protocol, rows encoder x method, columns task x label
+    fraction; each cell test AUC mean ± sd over seeds and the seeds' mean 95 % CI, marked where it lies above 0.5."""
+    if not (folder / "results.csv").is_file():
+        return None
+    results = pd.read_csv(folder / "results.csv")
+    if not {"variant", "protocol", "method", "auc_mean", "auc_low", "auc_high"} <= set(results.columns):
+        return None
+    titles = {"probe": "Linear probe", "finetune": "Fine-tune"}
+    tables = []
+    for protocol, block in results.groupby("protocol", sort=False):
+        columns = list(dict.fromkeys(f"{t} {f:.0%}" for t, f in zip(block.task, block.fraction, strict=True)))
+        rows = []
+        for (encoder, method), cells in block.groupby(["encoder_name", "method"], sort=False):
+            by_column = {f"{r.task} {r.fraction:.0%}": r for r in cells.itertuples()}
+            row = []
+            for column in columns:
+                r = by_column.get(column)
+                if r is None:
+                    row.append({"text": "", "ok": False})
+                    continue
+                spread = "" if r.auc_std != r.auc_std else f" ± {r.auc_std:.3f}"
+                verdict = above_chance(r.auc_mean, r.auc_low, r.auc_high, 0.5)
+                text = f"{r.auc_mean:.3f}{spread} [{fmt(r.auc_low)}, {fmt(r.auc_high)}]"
+                row.append({"text": text, "ok": verdict.ok})
+            rows.append({"encoder": encoder, "method": method, "cells": row})
+        tables.append({"title": titles.get(protocol, protocol), "columns": columns, "rows": rows})
+    failed = (_json(folder / "metrics.json") or {}).get("failed") or {}
+    return {"tables": tables, "failed": [{"unit": k, "reason": v} for k, v in failed.items()]}
+
+
+def _cell(value: Any) -> str:
+    """A predictions cell: probabilities to 3 decimals, missing values empty."""
+    if isinstance(value, float):
+        return "" if value != value else fmt(value)
+    return str(value)
+
+
+def _heatmaps(folder: Path, breasts: pd.DataFrame) -> list[dict]:
+    """The heatmap overlays (``predict --explain``) of ``breasts``' views as data URIs, captioned by side and view."""
+    shown = []
+    for row in breasts.itertuples(index=False):
+        for column in (c for c in breasts.columns if c.endswith("_heatmap")):
+            files = getattr(row, column)
+            if isinstance(files, str) and files:
+                uri = file_uri(folder / files.split(";")[0])
+                if uri is not None:
+                    shown.append({"name": f"{row.laterality}-{column.removesuffix('_heatmap')}", "uri": uri})
+    return shown
+
+
+def read_predict(folder: Path, cfg: Any) -> dict | None:
+    """``mvmlm predict`` output: counts, skipped files by reason, the first rows' views and probabilities."""
+    if not (folder / "predictions.csv").is_file() or not (folder / "skipped.csv").is_file():
+        return None
+    rows = pd.read_csv(folder / "predictions.csv")
+    skipped = pd.read_csv(folder / "skipped.csv")
+    columns = ["level", "laterality", "views", "missing_views", *(c for c in rows.columns if c.startswith("prob_"))]
+    head = rows[[c for c in columns if c in rows.columns]].head(cfg.examples + 3)  # identifiers are left out
+    reasons = skipped["reason"].astype(str).str.replace(DICOM_UID, "<UID>", regex=True)  # reasons may name an image
+    return {
+        "heatmaps": _heatmaps(folder, rows[rows["level"] == "breast"].head(cfg.examples)),
+        "counts": [{"level": k, "rows": int(v)} for k, v in rows["level"].value_counts().items()],
+        "skipped": [{"reason": k, "files": int(v)} for k, v in reasons.value_counts().items()],
+        "columns": list(head.columns),
+        "rows": [[_cell(v) for v in r] for r in head.itertuples(index=False)],
+    }
 
 
 SECTIONS = [
@@ -240,6 +335,8 @@ SECTIONS = [
     Section("probe", "Linear probe", read_probe),
     Section("multiview", "Four-view classifier", read_multiview),
     Section("risk", "Risk prediction", read_risk),
+    Section("grid", "MV-MLM Table 1: pretraining variants", read_grid),
+    Section("predict", "Predictions on unseen exams (mvmlm predict)", read_predict),
 ]
 
 

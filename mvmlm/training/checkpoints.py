@@ -1,9 +1,11 @@
 """Training-state checkpoints: ``<root>/step_<00000123>/`` written by ``accelerator.save_state`` into a temporary
 folder that is renamed when complete, so :func:`latest_checkpoint` never returns a half-written one (a run killed
-while saving leaves only a ``.tmp-*`` folder, removed by the next save)."""
+while saving leaves only a ``.tmp-*`` folder, removed by the next save). Beside Accelerate's files each checkpoint holds
+``train_state.json`` (the step and the layout it was written with), readable before anything is loaded."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -12,12 +14,21 @@ from typing import Any
 
 from mvmlm.config import ConfigError
 
-__all__ = ["checkpoint_dirs", "latest_checkpoint", "resolve_resume", "save_checkpoint", "RESUME_CHOICES"]
+__all__ = [
+    "checkpoint_dirs",
+    "latest_checkpoint",
+    "resolve_resume",
+    "save_checkpoint",
+    "saved_train_state",
+    "RESUME_CHOICES",
+    "TRAIN_STATE_FILE",
+]
 
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 RESUME_CHOICES = "none | latest | PATH"
+TRAIN_STATE_FILE = "train_state.json"
 
 
 def checkpoint_dirs(root: str | Path) -> list[tuple[int, Path]]:
@@ -64,8 +75,17 @@ def resolve_resume(resume: str, root: str | Path) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Any, root: str | Path, step: int, keep: int) -> Path:
-    """``accelerator.save_state`` into ``root/step_<step>`` atomically; keep the ``keep`` newest (0 = all).
+def saved_train_state(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``train_state.json`` of a checkpoint folder (None for a checkpoint written without one)."""
+    path = Path(checkpoint) / TRAIN_STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_checkpoint(
+    accelerator: Any, root: str | Path, step: int, keep: int, train_state: dict[str, Any] | None = None
+) -> Path:
+    """``accelerator.save_state`` into ``root/step_<step>`` atomically (with ``train_state`` as
+    ``train_state.json``); keep the ``keep`` newest (0 = all).
 
     Checkpoints of later steps (an earlier run into the same folder) are removed, so ``resume=latest`` always
     continues this run.
@@ -81,6 +101,8 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, keep: int) ->
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if train_state is not None:
+            (tmp / TRAIN_STATE_FILE).write_text(json.dumps(train_state, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,12 @@ from tqdm.auto import tqdm
 from mvmlm.checkpoint import WEIGHTS_NAME, atomic_path, load_weights
 from mvmlm.config import ConfigError, OptimConfig, TrainConfig
 from mvmlm.errors import InputError
-from mvmlm.training.checkpoints import resolve_resume, save_checkpoint
+from mvmlm.rundir import confirm_runs
+from mvmlm.training.checkpoints import resolve_resume, save_checkpoint, saved_train_state
 from mvmlm.training.guards import check_finite
 from mvmlm.training.optim import build_optimizer, build_scheduler
-from mvmlm.training.state import Best, TrainState
+from mvmlm.training.signals import StopSignals, TrainingStopped
+from mvmlm.training.state import Best, TrainState, check_layout
 from mvmlm.training.trackers import flat_hparams, tracker_names
 
 __all__ = ["Loss", "FitResult", "Engine", "TRAIN_LOG", "VAL_LOG", "BEST_DIR", "CHECKPOINTS_DIR"]
@@ -161,11 +164,15 @@ class Engine:
             project_config=ProjectConfiguration(
                 project_dir=str(self.workdir), logging_dir=str(self.workdir / "tracking")
             ),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train.seed),
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=train.seed, non_blocking=True
+            ),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train.find_unused_parameters)],
         )
-        if trackers:
-            self.accelerator.init_trackers(name, config=flat_hparams(hparams or {}))
+        # trackers of a continued run start once its checkpoint is accepted (fit), so a refused resume writes nothing
+        self._trackers = (name, flat_hparams(hparams or {})) if trackers else None
+        if self.resume_from is None:
+            self._start_trackers()
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property
@@ -185,6 +192,11 @@ class Engine:
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
+
+    def _start_trackers(self) -> None:
+        if self._trackers is not None:
+            self.accelerator.init_trackers(*self._trackers)
+            self._trackers = None
 
     def end(self) -> None:
         """Close the trackers and release the prepared objects (call once the run is done)."""
@@ -206,6 +218,7 @@ class Engine:
         layout: dict[str, Any] | None = None,
         restore_best: bool = True,
         discard_checkpoints: bool = False,
+        on_device: Callable[[dict], dict] | None = None,
     ) -> FitResult:
         """Train ``model`` on ``train_loader`` (both prepared here) up to ``train.epochs`` / ``train.max_steps``.
 
@@ -221,6 +234,8 @@ class Engine:
                 always checked).
             restore_best: load the best weights into ``model`` at the end (when a best exists).
             discard_checkpoints: delete the training states once finished (a sweep keeps only its results).
+            on_device: applied to each training micro-batch once it is on the device, before ``loss`` / ``backward``
+                (device augmentation: :meth:`mvmlm.data.device_augment.DeviceAugment.images`).
         """
         if (loss is None) == (backward is None):
             raise TypeError("give exactly one of loss= and backward=")
@@ -252,6 +267,10 @@ class Engine:
         best = Best()
         acc.register_for_checkpointing(scheduler, state, best)
         resume_from = self.resume_from
+        if resume_from is not None:  # refuse another layout before the run directory, the trackers or the logs change
+            check_layout((saved_train_state(resume_from) or {}).get("layout", state.layout), state.layout)
+        self._start_trackers()
+        confirm_runs(self.workdir)
         if resume_from is not None:
             acc.load_state(str(resume_from))
             log.info("%s: resumed from %s at step %d", self.name, resume_from, state.step)
@@ -262,6 +281,7 @@ class Engine:
         loop = _Loop(
             self, model, optimizer, scheduler, state, best, loss, backward, evaluate, select, mode, after_step, plateau
         )
+        loop.on_device = on_device  # the hook of device augmentation
         resumed_from = state.step
         loop.losses = _logged_losses(self.file(TRAIN_LOG)) if resumed_from else []  # the whole run's, not this call's
         loop.run(train_loader, steps_per_epoch, total)
@@ -323,6 +343,7 @@ class _Loop:
             plateau,
         )
         self.losses: list[float] = []
+        self.on_device: Callable[[dict], dict] | None = None
         self.stopped_early = False
         self.saved = state.step  # the step of the newest training state on disk (or the resumed one)
 
@@ -337,6 +358,9 @@ class _Loop:
             disable=not (acc.is_local_main_process and t.progress),
         )
         log_file = engine.file(TRAIN_LOG).open("a") if main else None
+        stop = StopSignals().install()  # SIGTERM: save at the next step boundary and stop (before the loaders fork)
+        if self.select and t.early_stop and self.best.stale >= t.early_stop:
+            self.stopped_early = True  # resumed from the state saved when it stopped early: stays stopped
         try:  # close the bar and the log also when a step raises (the NaN guard), so nothing prints after the run
             while state.step < total and not self.stopped_early:
                 epoch, done = divmod(state.step, steps_per_epoch)
@@ -366,6 +390,8 @@ class _Loop:
                     # a state saved at the end of an epoch must hold that epoch's evaluation: saved below
                     if t.save_every and state.step % t.save_every == 0 and not (epoch_done and not t.eval_every):
                         self._save()
+                    if not (epoch_done and not t.eval_every):  # else after the epoch's evaluation, below
+                        self._stop_if_asked(stop, total)
                     if state.step >= total or self.stopped_early:
                         break
                 if state.step - epoch * steps_per_epoch == steps_per_epoch:  # a whole epoch is done
@@ -375,22 +401,47 @@ class _Loop:
                         self._evaluate(epoch + 1)
                     if not t.save_every or (state.step % t.save_every == 0 and not t.eval_every):
                         self._save()
+                    self._stop_if_asked(stop, total)
             if not self.stopped_early and (not self.best.history or self.best.history[-1]["step"] != state.step):
                 self._evaluate(state.step / steps_per_epoch)  # the final weights are always evaluated
             if self.saved != state.step:
                 self._save()  # and saved
         finally:
+            stop.restore()
             bar.close()
             if log_file is not None:
                 log_file.close()
 
+    def _stop_if_asked(self, stop: StopSignals, total: int) -> None:
+        """At a step boundary: when a stop signal came (to any process), save the training state here and stop."""
+        acc, step = self.acc, self.state.step
+        asked = stop.received is not None
+        if acc.num_processes > 1:  # every process must stop at the same step (the save is collective)
+            asked = bool(acc.reduce(torch.tensor([float(asked)], device=acc.device), "sum").item())
+        if not asked:
+            return
+        if self.saved != step:
+            self._save()
+        signum = stop.received or signal.SIGTERM
+        message = (
+            f"{self.engine.name}: stopped by {signal.Signals(signum).name} at step {step} of {total}; the training "
+            f"state is saved in {self.engine.file(CHECKPOINTS_DIR)}/step_{step:08d}; continue with the same command "
+            "and --resume latest (train.resume=latest)"
+        )
+        log.warning(message)
+        raise TrainingStopped(signum, message)
+
     def _save(self) -> None:
         engine = self.engine
-        save_checkpoint(self.acc, engine.file(CHECKPOINTS_DIR), self.state.step, self.t.keep_checkpoints)
+        save_checkpoint(
+            self.acc, engine.file(CHECKPOINTS_DIR), self.state.step, self.t.keep_checkpoints, self.state.state_dict()
+        )
         self.saved = self.state.step
 
     def _optimizer_step(self, micro_batches: list[dict]) -> dict[str, float]:
         acc, step = self.acc, self.state.step + 1
+        if self.on_device is not None:
+            micro_batches = [self.on_device(batch) for batch in micro_batches]
         if self.backward_fn is not None:
             record = dict(self.backward_fn(self.engine, self.model, micro_batches, step))
         else:

@@ -8,7 +8,19 @@ from typing import Any
 
 from mvmlm.config import ConfigError
 
-__all__ = ["Best", "TrainState"]
+__all__ = ["Best", "TrainState", "check_layout"]
+
+
+def check_layout(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to continue a training state written with another ``layout`` (the data position would mean other
+    batches), naming what changed."""
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
+        raise ConfigError(
+            f"cannot resume: the checkpoint was written with another layout ({detail}); "
+            "resume with the same number of processes, batch size and accumulation"
+        )
 
 
 @dataclass
@@ -51,12 +63,5 @@ class TrainState:
         return {"step": self.step, "layout": dict(self.layout)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("layout", {})
-        changed = {k: (saved.get(k), v) for k, v in self.layout.items() if saved.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
-            raise ConfigError(
-                f"cannot resume: the checkpoint was written with another layout ({detail}); "
-                "resume with the same number of processes, batch size and accumulation"
-            )
+        check_layout(state.get("layout", {}), self.layout)
         self.step = int(state["step"])

@@ -318,8 +318,6 @@ def test_header_disagreeing_with_the_bitstream_is_an_error_not_a_crash_or_a_wron
 @pytest.mark.parametrize("tsyntax", COMPRESSED)
 @pytest.mark.parametrize("end_marker", [False, True])
 def test_bitstream_cut_in_half_is_an_error(tmp_path, tsyntax, end_marker):
-    if end_marker and tsyntax == JPEGLosslessSV1:
-        pytest.skip("libjpeg and gdcm decode a cut lossless JPEG scan ending in EOI without an error (known gap)")
     ds = _compressed(tmp_path, tsyntax)
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     cut = frame[: len(frame) // 2] + (b"\xff\xd9" if end_marker else b"")

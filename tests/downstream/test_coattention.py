@@ -332,3 +332,18 @@ def test_resume_trains_an_interrupted_fusion_again_when_its_settings_changed(int
     with caplog.at_level("INFO"):
         main([*interrupted, "train.resume=latest", "optim.lr=0.01"])
     assert "trained with other settings" in caplog.text and "resumed from" not in caplog.text
+
+
+def test_device_augmentation_trains_as_loader_augmentation(embed_cache, tiny_bert, tmp_path, monkeypatch):
+    from mvmlm.data.device_augment import DeviceAugment
+
+    hooked, images = [], DeviceAugment.images
+    monkeypatch.setattr(DeviceAugment, "images", lambda self, batch: hooked.append(1) or images(self, batch))
+    argv = ["train.epochs=1", "fusions=[coattention]", "bootstrap=0", "data.augment.enabled=true"]
+    losses = {}
+    for where in ("loader", "device"):
+        main(_argv(embed_cache, tiny_bert, tmp_path, f"out={tmp_path}/{where}", f"data.augment_on={where}", *argv))
+        log = (tmp_path / where / "units" / "coattention" / "train_log.jsonl").read_text().splitlines()
+        losses[where] = [json.loads(line)["loss"] for line in log]
+    assert len(hooked) == len(losses["device"])  # one batch per step, augmented on the device
+    assert losses["device"] and losses["device"] == pytest.approx(losses["loader"], rel=1e-4)

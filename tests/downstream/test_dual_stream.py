@@ -157,10 +157,12 @@ def test_old_keys_name_their_replacement():
         build_config(MammoMambaConfig, overrides=["data.table=t", "data.val_fraction=0.2"])
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(small_table, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment", [[], ["data.augment.enabled=true", "data.augment_on=device"]], ids=["", "device"])
+def test_an_interrupted_run_resumes_to_the_same_result(small_table, tmp_path, monkeypatch, augment):
     import downstream.dual_stream.run as dual_stream
 
     argv = ["--config", CONFIG, f"data.table={small_table}", "train.epochs=2", "eval_splits=[test]", "bootstrap=0"]
+    argv += augment
     straight = main([*argv, f"out={tmp_path / 'straight'}"])
     original, calls = dual_stream.predict, []
 
@@ -180,6 +182,25 @@ def test_an_interrupted_run_resumes_to_the_same_result(small_table, tmp_path, mo
     assert [json.loads(line)["loss"] for line in logs[0]] == [json.loads(line)["loss"] for line in logs[1]]
     scores = [pd.read_parquet(tmp_path / run / "predictions.parquet")["scores"] for run in ("straight", "resumed")]
     assert scores[0].tolist() == scores[1].tolist()
+
+
+def test_device_augmentation_gives_the_loader_images_of_both_streams(small_table, tmp_path):
+    from torch.utils.data import default_collate
+
+    from downstream.dual_stream.data import device_hook, load_breasts, make_loader, resize_input
+    from mvmlm.data.device_augment import TOLERANCE, DeviceAugment
+
+    overrides = [f"data.table={small_table}", "data.image_size=[24,24]", "data.augment.hflip=0.5", f"out={tmp_path}"]
+    cfg = build_config(MammoMambaConfig, [CONFIG], [*overrides, "data.augment.enabled=true"])
+    breasts = load_breasts(cfg.data, cfg.model.streams)
+    device = DeviceAugment(cfg.data.augment, cfg.data.image_size, resize_input)
+    cpu = default_collate([make_loader(breasts, cfg, True).dataset[i] for i in range(4)])
+    raw = default_collate([make_loader(breasts, cfg, True, device).dataset[i] for i in range(4)])
+    moved = device_hook(device)(raw)
+    for stream, (images, mask) in cpu["inputs"].items():
+        assert raw["inputs"][stream][0].dtype == torch.uint16 and raw["affine"][stream].shape == (4, 2, 5)
+        assert torch.equal(moved["inputs"][stream][1], mask) and images.shape == (4, 2, 1, 24, 24)
+        assert (moved["inputs"][stream][0] - images).abs().max() <= TOLERANCE
 
 
 def test_two_processes_split_the_batches_and_predict_as_one(small_table, tmp_path):

@@ -219,3 +219,25 @@ def test_shipped_configs_load(name):
     )
     finetune.check_config(cfg)
     assert cfg.train.select == "val/auc" and cfg.encoders["mvmlm"].checkpoint == "ckpt"
+
+
+def test_device_augmentation_trains_as_loader_augmentation(downstream_data, random_checkpoint, tmp_path, monkeypatch):
+    from mvmlm.data.device_augment import DeviceAugment
+
+    hooked, images = [], DeviceAugment.images
+    monkeypatch.setattr(DeviceAugment, "images", lambda self, batch: hooked.append(1) or images(self, batch))
+    losses = {}
+    for where in ("loader", "device"):
+        out = tmp_path / where
+        extra = [
+            "train.epochs=1",
+            "bootstrap=0",
+            "plots=false",
+            "data.augment.enabled=true",
+            f"data.augment_on={where}",
+        ]
+        finetune.main(_argv(downstream_data, random_checkpoint, out, *extra))
+        log = (out / "units" / "mvmlm_mass_0.5_0" / "train_log.jsonl").read_text().splitlines()
+        losses[where] = [json.loads(line)["loss"] for line in log]
+    assert len(hooked) == len(losses["device"])  # one batch per step, augmented on the device
+    assert len(losses["device"]) == 4 and losses["device"] == pytest.approx(losses["loader"], rel=1e-4)

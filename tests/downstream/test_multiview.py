@@ -224,3 +224,32 @@ def test_training_augmentation_is_drawn_per_epoch_and_sample(table):
     assert torch.equal(dataset[3]["images"], first)
     dataset.set_epoch(1)
     assert not torch.equal(dataset[3]["images"], first)
+
+
+def test_device_augmentation_resizes_and_augments_as_the_loader_does(table):
+    from downstream.multiview.data import resize_views
+    from mvmlm.data.device_augment import TOLERANCE, DeviceAugment
+
+    overrides = [f"data.table={table}", "data.label_from=birads_4_5", "data.image_size=[48,32]", "data.batch_size=4"]
+    cfg = build_config(MultiviewConfig, [TINY], overrides)
+    split = load_splits(cfg.data, cfg.task, [])["train"]
+    device = DeviceAugment(cfg.data.augment, cfg.data.image_size, resize_views)
+    cpu = next(iter(make_loader(split, cfg.data, train=True, seed=0)))
+    raw = next(iter(make_loader(split, cfg.data, train=True, seed=0, device=device)))
+    assert raw["images"].dtype == torch.uint16 and raw["images"].shape[-2:] == (96, 64)
+    moved = device.images(raw)["images"]
+    assert moved.shape == cpu["images"].shape == (4, 4, 1, 48, 32)
+    assert (moved - cpu["images"]).abs().max() <= TOLERANCE
+
+
+def test_device_augmentation_trains_as_loader_augmentation(table, tmp_path, monkeypatch):
+    from mvmlm.data.device_augment import DeviceAugment
+
+    hooked, images = [], DeviceAugment.images
+    monkeypatch.setattr(DeviceAugment, "images", lambda self, batch: hooked.append(1) or images(self, batch))
+    losses = {}
+    for where in ("loader", "device"):
+        main(_args(table, tmp_path / where, *SMALL, "train.epochs=1", f"data.augment_on={where}"))
+        losses[where] = [step["loss"] for step in _steps(tmp_path / where)]
+    assert len(hooked) == len(losses["device"])  # one batch per step, augmented on the device
+    assert losses["device"] and losses["device"] == pytest.approx(losses["loader"], rel=1e-4)

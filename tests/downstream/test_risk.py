@@ -152,8 +152,8 @@ def test_risk_command_writes_mirai_csv_table_and_plots(embed_cache, tmp_path):
     csv = pd.read_csv(out / "risk_hazard.csv")
     assert list(csv.columns) == ["patient_exam_id", *[f"{k}_year_risk" for k in range(1, 6)]]
     assert len(csv) == result["counts"]["test"]["exams"] and csv.patient_exam_id.str.contains("\t").all()
-    # one row in the discrimination table, one in the calibration table
-    assert (out / "metrics.json").is_file() and (out / "results.md").read_text().count("| coxnet |") == 2
+    # one row in the three-way, the discrimination and the calibration table each
+    assert (out / "metrics.json").is_file() and (out / "results.md").read_text().count("| coxnet |") == 3
     assert {"cal_slope_5y_raw", "cal_slope_5y_calibrated", "oe_2y_calibrated", "ibs_raw"} <= set(
         result["models"]["hazard"]
     )
@@ -180,7 +180,12 @@ def test_risk_command_compares_image_clinical_and_combined_and_saves_bundles_tha
     for metric in difference:  # the paired difference is taken between the two models of the table
         found = {i: result["models"][f"coxnet_{i}"][metric]["value"] for i in ("combined", "clinical")}
         assert difference[metric]["value"] == pytest.approx(found["combined"] - found["clinical"])
-    assert "Combined - clinical-only" in (tmp_path / "run" / "results.md").read_text()
+    table = pd.read_csv(tmp_path / "run" / "comparison.csv")
+    assert table.inputs.tolist() == ["image", "clinical", "combined", "combined - clinical"]
+    assert table.harrell_c.tolist()[-1] == pytest.approx(difference["harrell_c"]["value"])
+    for column in ("uno_c", "td_auc_5y", "cal_slope_5y_raw", "cal_intercept_5y_calibrated", "ibs_calibrated_high"):
+        assert table[column][:3].notna().all(), column
+    assert "coxnet: combined - clinical" in (tmp_path / "run" / "comparison.md").read_text()
     expected = pd.read_csv(tmp_path / "run" / "risk_coxnet_combined.csv")
     moved = shutil.copytree(tmp_path / "run" / "models" / "coxnet_combined", tmp_path / "moved")
     shutil.rmtree(tmp_path / "run")

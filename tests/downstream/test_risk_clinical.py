@@ -27,12 +27,11 @@ N_EXAMS = 800
 COMBINED_OVER_IMAGE, COMBINED_OVER_CLINICAL = 0.005, 0.1
 
 
-@pytest.fixture(scope="module")
-def exams() -> pd.DataFrame:
-    """Synthetic EMBED-format exams: the hazard depends on density (clinical) and lesions (the image)."""
+def synthetic_exams(n: int) -> pd.DataFrame:
+    """``n`` synthetic EMBED-format exams (seed 0): the hazard depends on density (clinical) and lesions (the image)."""
     from mvmlm.data.synthetic.truth import sample_exams
 
-    rows = sample_exams(N_EXAMS, seed=0)
+    rows = sample_exams(n, seed=0)
     found = rows.groupby("exam_id", sort=True).agg(
         age=("age", "first"),
         density=("density", "first"),
@@ -44,8 +43,17 @@ def exams() -> pd.DataFrame:
     return found.astype({"ytc": float, "ytlf": float}).reset_index(drop=True)
 
 
-def _splits(exams: pd.DataFrame, image: np.ndarray) -> dict[str, RiskSplit]:
-    bounds = [0, int(0.6 * N_EXAMS), int(0.75 * N_EXAMS), N_EXAMS]
+@pytest.fixture(scope="module")
+def exams() -> pd.DataFrame:
+    return synthetic_exams(N_EXAMS)
+
+
+def splits_of(
+    exams: pd.DataFrame, image: np.ndarray, fractions: tuple[float, float] = (0.6, 0.75)
+) -> dict[str, RiskSplit]:
+    """Train / val / test by position: the first ``fractions[0]`` of the exams, up to ``fractions[1]``, the rest."""
+    n = len(exams)
+    bounds = [0, int(fractions[0] * n), int(fractions[1] * n), n]
     clinical = exams[["age", "density"]]
     return {
         role: RiskSplit(
@@ -60,7 +68,7 @@ def _splits(exams: pd.DataFrame, image: np.ndarray) -> dict[str, RiskSplit]:
     }
 
 
-def _image(exams: pd.DataFrame) -> np.ndarray:
+def image_embeddings(exams: pd.DataFrame) -> np.ndarray:
     """Embeddings that see the lesions (not the density), plus noise."""
     rng = np.random.default_rng(0)
     signal = np.c_[exams.benign, exams.malignant, np.zeros((len(exams), 14))]
@@ -75,15 +83,15 @@ def _test_c(splits: dict[str, RiskSplit], inputs: str, workdir) -> float:
 
 
 def test_combined_model_beats_image_only_and_clinical_only(exams, tmp_path):
-    splits = _splits(exams, _image(exams))
+    splits = splits_of(exams, image_embeddings(exams))
     c = {inputs: _test_c(splits, inputs, tmp_path / inputs) for inputs in ("image", "clinical", "combined")}
     assert c["combined"] > c["image"] + COMBINED_OVER_IMAGE
     assert c["combined"] > c["clinical"] + COMBINED_OVER_CLINICAL
 
 
 def test_shuffled_embeddings_beside_covariates_do_not_beat_clinical_only(exams, tmp_path):
-    image = _image(exams)[np.random.default_rng(1).permutation(N_EXAMS)]
-    splits = _splits(exams, image)
+    image = image_embeddings(exams)[np.random.default_rng(1).permutation(N_EXAMS)]
+    splits = splits_of(exams, image)
     assert _test_c(splits, "combined", tmp_path / "a") <= _test_c(splits, "clinical", tmp_path / "b")
 
 
@@ -110,7 +118,7 @@ def test_a_moved_risk_bundle_reproduces_the_calibrated_risks(name, inputs, exams
     from mvmlm.config import config_to_dict
     from mvmlm.data.preprocess import PreprocessParams
 
-    splits = _splits(exams, _image(exams))
+    splits = splits_of(exams, image_embeddings(exams))
     short = replace(CONFIG, train=replace(CONFIG.train, epochs=3))
     predictor = fit_predictor(name, inputs, splits, short, tmp_path / "work")
     test = splits["test"]

@@ -9,8 +9,9 @@ import torch
 
 from downstream.common.tasks import get_tasks
 from downstream.zeroshot.config import ZeroShotConfig
-from downstream.zeroshot.run import main, zero_shot_scores
+from downstream.zeroshot.run import main
 from mvmlm.config import ConfigError, build_config
+from mvmlm.inference.zeroshot import zero_shot_scores
 
 from .conftest import REPO
 

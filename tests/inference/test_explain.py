@@ -137,3 +137,41 @@ def test_a_trained_classifier_points_at_the_planted_lesions_better_than_its_rand
     assert result["views"] >= 15
     assert trained["mass_inside"] > 2 * max(untrained["mass_inside"], chance["mass_inside"])  # seen: 0.018 vs 0.006
     assert trained["pointing"] > max(untrained["pointing"], chance["pointing"]) + 0.2  # seen: 0.38 vs 0.04 / 0.09
+
+
+def test_mvclip_without_a_prompt_maps_every_zero_shot_class(text_image_set, tmp_path):
+    """One map per view and class of the prompts file, scored by the cosine to the class's ensemble embedding; the
+    class with the highest score is the zero-shot prediction."""
+    from mvmlm.inference.zeroshot import class_embeddings
+    from mvmlm.models.mvclip import MVCLIP, ImageTowerConfig, MVCLIPBundle, MVCLIPConfig, TextTowerConfig, TokenConfig
+
+    config = MVCLIPConfig(
+        image=ImageTowerConfig(encoder="timm:test_resnet", encoder_kwargs={"in_chans": 1}, image_size=[H, W]),
+        text=TextTowerConfig(model=str(text_image_set(16).text_model), revision=None, max_length=24),
+        tokens=TokenConfig(num_tokens=8, width=32, depth=1, heads=4),
+        embed_dim=16,
+    )
+    torch.manual_seed(0)
+    bundle = MVCLIPBundle(MVCLIP(config, load_pretrained=False).eval(), {"heads": {}})
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("mass:\n  no mass: [No mass is seen., There is no mass.]\n  mass: [There is a mass.]\n")
+    maps = explain_views(bundle, _images(1, 2), torch.tensor([[True, True]]), prompts=str(prompts))
+    assert [(m.view, m.target) for m in maps] == [(0, "mass: no mass"), (0, "mass: mass"), (1, "mass: no mass"),
+                                                  (1, "mass: mass")]  # fmt: skip
+    assert all(m.heatmap.shape == (H, W) for m in maps)
+    with torch.no_grad():
+        classes = class_embeddings(bundle.module, [["No mass is seen.", "There is no mass."], ["There is a mass."]])
+        image = bundle.module.encode_image(_images(1, 2)[0, 1:], normalize=True)[0]
+    np.testing.assert_allclose([m.score for m in maps[2:]], (classes @ image).numpy(), atol=1e-5)
+
+
+def test_several_maps_of_one_view_are_written_to_files_named_by_their_class(tmp_path):
+    from mvmlm.inference.explain import Explanation, write_explanation
+
+    rows = [{"unit": 0, "slot": "CC", "target": t, "score": 0.1} for t in ("mass: no mass", "mass: mass")]
+    image, heatmap = np.zeros((8, 6), np.float32), np.ones((8, 6), np.float32)
+    skipped = pd.DataFrame(columns=["path", "reason"])
+    write_explanation(Explanation(pd.DataFrame(rows), [heatmap, heatmap], [image, image], skipped), tmp_path)
+    table = pd.read_csv(tmp_path / "explanations.csv")
+    assert table["map_file"].tolist() == ["00000_CC_mass_no_mass.npy", "00000_CC_mass_mass.npy"]
+    assert all((tmp_path / name).is_file() for name in [*table["map_file"], *table["overlay_file"]])

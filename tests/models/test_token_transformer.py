@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvmlm.models.token_transformer import TokenTransformer
+from mvmlm.models.token_transformer import TokenLayer, TokenTransformer, linear
 
 SMALL = dict(num_tokens=8, width=32, depth=2, heads=4)
 
@@ -87,3 +87,39 @@ def test_grad_checkpointing_gives_the_same_gradients(image_side):
 
     for plain, checkpointed in zip(grads(False), grads(True), strict=True):
         torch.testing.assert_close(plain, checkpointed)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out_features", [5, 9])  # fewer and more than the 7 inputs
+def test_linear_equals_f_linear_with_gradients(bias, out_features):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 6).transpose(1, 2).requires_grad_()  # (3, 6, 7), not contiguous
+    weight = torch.randn(out_features, 7, requires_grad=True)
+    b = torch.randn(out_features, requires_grad=True) if bias else None
+    leaves = [x, weight] + ([b] if bias else [])
+    outputs = {}
+    for name, fn in {"ours": linear, "torch": F.linear}.items():
+        y = fn(x, weight, b)
+        outputs[name] = (y, *torch.autograd.grad((y * torch.arange(float(out_features))).sum(), leaves))
+    for ours, reference in zip(outputs["ours"], outputs["torch"], strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_token_layer_equals_torch_encoder_layer(padded):
+    """Same parameters (the checkpoint loads strictly), same outputs and gradients as nn.TransformerEncoderLayer."""
+    torch.manual_seed(0)
+    ours = TokenLayer(32, 4, 64, dropout=0.0)
+    reference = torch.nn.TransformerEncoderLayer(32, 4, 64, 0.0, activation="gelu", batch_first=True, norm_first=True)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    padding = torch.tensor([[False] * 9, [False] * 6 + [True] * 3]) if padded else None
+    results = []
+    for layer, call in (
+        (ours, lambda: ours(x, padding)),
+        (reference, lambda: reference(x, src_key_padding_mask=padding)),
+    ):
+        y = call()
+        results.append((y, *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -151,3 +151,28 @@ def test_a_model_size_other_than_the_cache_size_is_a_one_line_error(pretrain_inp
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "\n" not in error, error
     assert "model.image.image_size': [32, 24]" in error and "cached at [64, 48]" in error, error
+
+
+def test_device_augmentation_gives_the_loader_images_and_texts(cached):
+    from mvmlm.data.device_augment import TOLERANCE, DeviceAugment
+    from mvmlm.data.transforms import AugmentConfig
+    from pretrain.data import device_hook
+
+    breasts = load_breasts(cached / "table.parquet", "train", read_reports(cached / "corpus"))
+    augment = AugmentConfig(degrees=30, translate=0.2, hflip=0.5)
+    device = DeviceAugment(augment)
+    loader_side = make_loader(
+        PretrainDataset(breasts, 3, train=True, augment=augment), 2, train=True, seed=3, num_workers=0, text_cache=None
+    )
+    device_side = make_loader(
+        PretrainDataset(breasts, 3, train=True, device=device), 2, train=True, seed=3, num_workers=0, text_cache=None
+    )
+    for epoch in (0, 1):
+        for loader in (loader_side, device_side):
+            loader.sampler.set_epoch(epoch)
+            loader.dataset.set_epoch(epoch)
+        cpu, raw = next(iter(loader_side)), next(iter(device_side))
+        assert raw["cc"].dtype == torch.uint16 and raw["texts"] == cpu["texts"]
+        moved = device_hook(device)(raw)
+        for view in ("cc", "mlo"):
+            assert (moved[view] - cpu[view]).abs().max() <= TOLERANCE

@@ -166,3 +166,16 @@ def test_logit_scale_is_clamped_after_a_step_and_logged():
     record = {"loss": 1.0}
     clamp_logit_scale(model, record)
     assert model.logit_scale.exp().item() == pytest.approx(100.0) and record["logit_scale"] == pytest.approx(100.0)
+
+
+def test_device_augmentation_trains_as_loader_augmentation(pretrain_inputs, tmp_path, monkeypatch):
+    import pretrain.train as pretrain_train
+
+    hooked, hook = [], pretrain_train.device_hook
+    monkeypatch.setattr(pretrain_train, "device_hook", lambda device: hooked.append(device) or hook(device))
+    losses = {}
+    for where in ("loader", "device"):
+        argv = pretrain_inputs.argv(tmp_path / where, "train.epochs=2", f"data.augment_on={where}")
+        losses[where] = main([*argv, "data.augment.enabled=true"])["losses"]
+    assert len(hooked) == 1 and len(losses["device"]) == 6
+    assert losses["device"] == pytest.approx(losses["loader"], rel=1e-4)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from mvmlm import training
-from mvmlm.config import ConfigError
+from mvmlm.config import ConfigError, OptimConfig
 from mvmlm.training import (
     TrainState,
+    build_optimizer,
     checkpoint_dirs,
     latest_checkpoint,
     param_groups,
@@ -42,6 +43,26 @@ def test_no_decay_on_norms_biases_scalars_and_marked_parameters():
     assert [p is model.linear.weight for p in decay["params"]] == [True]
     marked = {id(p) for p in (model.linear.bias, model.norm.weight, model.norm.bias, model.table, model.logit_scale)}
     assert {id(p) for p in no_decay["params"]} == marked
+
+
+def test_the_optimizer_is_fused_and_steps_as_torchs_loop():
+    torch.manual_seed(0)
+    model, twin = _Toy(), _Toy()
+    twin.load_state_dict(model.state_dict())
+    initial = model.linear.weight.detach().clone()
+    cfg = OptimConfig(lr=0.1, weight_decay=0.1)
+    fused = build_optimizer(model, cfg)
+    loop = torch.optim.AdamW(param_groups(twin, 0.1), lr=0.1, foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for _ in range(3):
+        x = torch.randn(6, 3)
+        for net, optimizer in ((model, fused), (twin, loop)):
+            (net.norm(net.linear(x)) @ net.table.T * net.logit_scale).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, ours), theirs in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(model.linear.weight, initial)
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -274,7 +274,30 @@ def test_continuing_a_run_keeps_its_config_and_records_the_new_one_aside(tmp_pat
 
     RunDir.create(tmp_path, TrainConfig(epochs=1), resume="none")
     original = (tmp_path / "config.yaml").read_text()
-    RunDir.create(tmp_path, TrainConfig(epochs=3, resume="latest"), resume="latest")  # more epochs: continues
+    run = RunDir.create(tmp_path, TrainConfig(epochs=3, resume="latest"), resume="latest")  # more epochs: continues
+    assert not (tmp_path / "resumes").exists()  # held until the engine accepts the checkpoint
+    run.confirm()
     assert (tmp_path / "config.yaml").read_text() == original
     (aside,) = (tmp_path / "resumes").iterdir()
     assert "epochs: 3" in (aside / "config.yaml").read_text() and (aside / "provenance.json").is_file()
+
+
+def test_a_resumed_fit_writes_the_continuing_records_once_its_checkpoint_is_accepted(tmp_path):
+    from mvmlm.rundir import RunDir
+
+    RunDir.create(tmp_path, TrainConfig(epochs=1), resume="none")
+    engine, model, loader = make(tmp_path, epochs=1)
+    engine.fit(model, loader, loss=cross_entropy)
+    RunDir.create(tmp_path, TrainConfig(epochs=2, resume="latest"), resume="latest")
+    logging.getLogger("mvmlm.test").info("the second invocation starts")
+    assert not (tmp_path / "resumes").exists()
+    seen = []
+
+    def loss(m: nn.Module, batch: dict) -> Loss:  # while training: the records are on disk
+        seen.append(len(list(tmp_path.glob("resumes/*/config.yaml"))))
+        return cross_entropy(m, batch)
+
+    engine, model, loader = make(tmp_path, epochs=2, resume="latest")
+    engine.fit(model, loader, loss=loss)
+    assert seen and set(seen) == {1}
+    assert "the second invocation starts" in (tmp_path / "log.txt").read_text()
