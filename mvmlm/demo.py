@@ -348,7 +348,7 @@ def predict(cfg: DemoConfig, run: RunDir, model: Path) -> dict:
     levels = ", ".join(f"{n} {level}s" for level, n in rows.level.value_counts().items())
     print(f"\npredict: {levels} from unseen {cfg.predict_format}-format DICOM files; {len(skipped)} files skipped")
     print(f"  ({out / 'skipped.csv'}); the first breasts of {out / 'predictions.csv'} (ids left out):")
-    print(breasts[columns].head(cfg.show_predictions).fillna("").to_string(index=False, float_format="{:.3f}".format))
+    print(breasts[columns].head(cfg.show_predictions).to_string(index=False, na_rep="", float_format="{:.3f}".format))
     print(f"  heatmaps of every view: {out / 'heatmaps'}")
     return {"run": str(out), "bundle": str(bundle), "rows": int(len(rows)), "skipped": int(len(skipped))}
 
