@@ -16,12 +16,27 @@ from typing import Any
 
 from mvmlm.rundir import RunDir
 
-__all__ = ["FINISHED_DIR", "UNIT_SETTINGS", "file_digest", "settings_key", "claim_unit", "FinishedRuns"]
+__all__ = [
+    "FINISHED_DIR",
+    "UNIT_SETTINGS",
+    "UNSHAPING",
+    "shaping_settings",
+    "file_digest",
+    "settings_key",
+    "claim_unit",
+    "FinishedRuns",
+]
 
 log = logging.getLogger(__name__)
 
 FINISHED_DIR = "finished"
 UNIT_SETTINGS = "settings.json"  # in a unit's folder: the key of the settings its training state was written with
+#: config keys (per section; "" = top level) that never change a result: where it goes, how fast, how it is shown
+UNSHAPING: dict[str, tuple[str, ...]] = {
+    "": ("out",),
+    "data": ("num_workers",),
+    "train": ("resume", "progress", "log_every", "trackers", "save_every", "keep_checkpoints"),
+}
 
 
 def file_digest(path: str | Path) -> str:
@@ -31,6 +46,18 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shaping_settings(config: dict[str, Any], extra: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """``config`` (a resolved config as a dict) without :data:`UNSHAPING` and a command's ``extra`` unshaping keys
+    (same layout): what a settings key of a unit's result is made of. Sections absent from ``config`` are skipped."""
+    settings = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for table in (UNSHAPING, extra or {}):
+        for section, keys in table.items():
+            node = settings.get(section) if section else settings
+            for key in keys if isinstance(node, dict) else ():
+                node.pop(key, None)
+    return settings
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from mvmlm.cli import commands
 from mvmlm.config import ConfigError, config_file, config_to_dict
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import UNIT_SETTINGS, claim_unit, file_digest, settings_key
+from mvmlm.sweep import UNIT_SETTINGS, claim_unit, file_digest, settings_key, shaping_settings
 from pretrain.grid_config import PROTOCOLS, GridEncoder, GridEvaluation, GridVariant, PretrainGridConfig
 
 __all__ = [
@@ -54,13 +54,8 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # where `mvmlm pretrain` puts its model inside its run directory
 PROBED = "mvmlm"  # the encoder name the grid gives each row's model in the probe / fine-tune config
-#: config keys that do not shape a unit's result (left out of its settings key)
-UNSHAPING = {
-    "": ("out",),
-    "data": ("num_workers", "text_cache"),
-    "train": ("resume", "progress", "log_every", "trackers", "save_every", "keep_checkpoints"),
-    "embed": ("num_workers", "cache", "batch_size", "device"),
-}
+#: keys that do not shape a unit's result besides :data:`mvmlm.sweep.UNSHAPING` (the text feature cache, embedding)
+UNSHAPING = {"data": ("text_cache",), "embed": ("num_workers", "cache", "batch_size", "device")}
 ROW_KEYS = ["encoder", "variant", "encoder_name", "method"]
 SETTING_KEYS = [*ROW_KEYS, "evaluation", "protocol", "task", "fraction"]
 
@@ -154,11 +149,7 @@ def unit_settings(command: str, argv: list[str], contents: dict[str, str]) -> di
     """What shapes a unit's result: its resolved config without :data:`UNSHAPING`, its inputs by their content
     (``contents``: path -> content key, e.g. a table's digest, a model's pretraining key) and the number of processes
     (batch sizes are per process)."""
-    settings = config_to_dict(commands()[command].parse(argv))
-    for section, keys in UNSHAPING.items():
-        node = settings.get(section, {}) if section else settings
-        for key in keys:
-            node.pop(key, None)
+    settings = shaping_settings(config_to_dict(commands()[command].parse(argv)), UNSHAPING)
     return {**_by_content(settings, contents), "processes": int(os.environ.get("WORLD_SIZE", "1"))}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns, file_digest, settings_key
+from mvmlm.sweep import FinishedRuns, file_digest, settings_key, shaping_settings
 
 
 def test_records_are_reused_only_when_resuming_with_the_same_settings(tmp_path, caplog):
@@ -30,3 +30,18 @@ def test_file_digest_follows_content_not_path(tmp_path):
     assert before == file_digest(b)
     a.write_bytes(b"two")  # re-split table written to the same path
     assert file_digest(a) != before
+
+
+def test_shaping_settings_drop_what_never_changes_a_result_and_keep_the_rest():
+    config = {
+        "out": "runs/x",
+        "data": {"table": "t.parquet", "num_workers": 4, "batch_size": 8},
+        "train": {"epochs": 3, "resume": "latest", "progress": False, "device": "cpu"},
+        "embed": {"cache": "c"},
+    }
+    shaping = shaping_settings(config, {"train": ("device",), "embed": ("cache",), "absent": ("x",)})
+    assert shaping == {"data": {"table": "t.parquet", "batch_size": 8}, "train": {"epochs": 3}, "embed": {}}
+    assert config["data"]["num_workers"] == 4 and config["out"] == "runs/x"  # the input is left as it was
+    assert settings_key(shaping_settings({**config, "out": "elsewhere"})) == settings_key(shaping_settings(config))
+    changed = {**config, "data": {**config["data"], "batch_size": 16}}
+    assert settings_key(shaping_settings(changed)) != settings_key(shaping_settings(config))

@@ -47,7 +47,7 @@ from mvmlm.evaluation import Evaluation, report, score_predictions
 from mvmlm.metrics import auc
 from mvmlm.models.text_encoders import FrozenTextEncoder, TextFeatureCache
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns, claim_unit, file_digest
+from mvmlm.sweep import FinishedRuns, claim_unit, file_digest, shaping_settings
 from mvmlm.training import CHECKPOINTS_DIR, Engine, Loss, resolve_resume
 from mvmlm.training.runs import open_run
 
@@ -68,18 +68,8 @@ log = logging.getLogger(__name__)
 
 UNITS_DIR = "units"
 MODELS_DIR = "models"
-#: train / data keys that do not change what a fusion learns (left out of its settings key)
-_NOT_SETTINGS = {
-    "device",
-    "resume",
-    "progress",
-    "trackers",
-    "log_every",
-    "save_every",
-    "keep_checkpoints",
-    "num_workers",
-    "eval_batch_size",
-}
+#: keys that do not change what a fusion learns besides :data:`mvmlm.sweep.UNSHAPING`
+_UNSHAPING = {"data": ("eval_batch_size",), "train": ("device",)}
 
 
 def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -179,8 +169,8 @@ def save_fusion(
 def run_settings(cfg: CoAttentionConfig) -> dict:
     """Everything besides the fusion that shapes its test scores (the table by its content, the encoder by its
     weights); read once per run."""
-    train = {k: v for k, v in config_to_dict(cfg.train).items() if k not in _NOT_SETTINGS}
-    data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in _NOT_SETTINGS}
+    shaping = shaping_settings({"data": config_to_dict(cfg.data), "train": config_to_dict(cfg.train)}, _UNSHAPING)
+    train, data = shaping["train"], shaping["data"]
     text = {k: v for k, v in config_to_dict(cfg.text).items() if k != "cache"}
     return {
         "data": {**data, "table": file_digest(cfg.data.table)},

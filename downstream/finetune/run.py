@@ -58,7 +58,7 @@ from mvmlm.data.exams import BreastDataset
 from mvmlm.data.transforms import SeededItems, build_transform
 from mvmlm.evaluation import METRICS, Evaluation, pivot_markdown, predict_classes, report, slug, validation_score
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import FinishedRuns, claim_unit, file_digest
+from mvmlm.sweep import FinishedRuns, claim_unit, file_digest, shaping_settings
 from mvmlm.training import BEST_DIR, Engine, Loss
 from mvmlm.training.runs import open_run
 
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 UNITS_DIR = "units"  # <run>/units/<unit>/: the engine's folder of each unit
 #: train keys that do not shape a unit's result (left out of the resume key)
-RUN_ONLY_KEYS = ("resume", "progress", "trackers", "log_every", "keep_checkpoints", "save_every")
 
 
 class _TaskBreasts(Dataset):
@@ -208,12 +207,11 @@ def finetune_one(
 def sweep_settings(cfg: FinetuneConfig, processes: int) -> dict:
     """What every unit of the sweep shares and what shapes its result: the data (the table by its content),
     training settings and the number of processes (batch sizes are per process)."""
-    train = {k: v for k, v in config_to_dict(cfg.train).items() if k not in RUN_ONLY_KEYS}
-    data = {k: v for k, v in config_to_dict(cfg.data).items() if k != "num_workers"}
+    shaping = shaping_settings({"data": config_to_dict(cfg.data), "train": config_to_dict(cfg.train)})
     return {
-        "data": {**data, "table": file_digest(cfg.data.table)},
+        "data": {**shaping["data"], "table": file_digest(cfg.data.table)},
         "optim": config_to_dict(cfg.optim),
-        "train": train,
+        "train": shaping["train"],
         "pool": cfg.pool,
         "processes": processes,
     }

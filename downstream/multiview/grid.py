@@ -32,7 +32,7 @@ from downstream.multiview.train import train
 from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import claim_unit, file_digest
+from mvmlm.sweep import claim_unit, file_digest, shaping_settings
 
 __all__ = ["main", "plan_runs", "run_settings", "results_table", "to_markdown", "run_grid"]
 
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 METRICS = ("auc", "f1_macro")
 TASK_TITLES = {"label": "{Normal, Malignant}"}
 #: config keys that do not shape a run's result (left out of its settings key)
-UNSHAPING = {"": ("out",), "data": ("num_workers",), "train": ("resume", "progress", "log_every", "trackers")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -131,13 +130,9 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def run_settings(run_cfg: MultiviewConfig, table_digest: str) -> dict[str, Any]:
-    """What shapes a run's result: its config without :data:`UNSHAPING`, the table by its content (``table_digest``)
-    and the number of processes (batch sizes are per process)."""
-    settings = config_to_dict(run_cfg)
-    for section, keys in UNSHAPING.items():
-        node = settings[section] if section else settings
-        for key in keys:
-            node.pop(key)
+    """What shapes a run's result: its config without :data:`mvmlm.sweep.UNSHAPING`, the table by its content
+    (``table_digest``) and the number of processes (batch sizes are per process)."""
+    settings = shaping_settings(config_to_dict(run_cfg))
     settings["data"]["table"] = table_digest
     return {**settings, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
 
