@@ -162,10 +162,10 @@ def _stalling_trainer(argv: list[str], stall: str) -> None:
     save (``saving:STEP:SECONDS``: its state written, the folder not yet renamed; ``saved:STEP:SECONDS``: complete)."""
     from accelerate import Accelerator
 
-    import mvmlm.training.engine as engine
+    import mvmlm.training.loop as loop
 
     phase, at, seconds = (stall.split(":") + ["0", "0"])[:3]
-    step, save_state, save_checkpoint = engine._Loop._optimizer_step, Accelerator.save_state, engine.save_checkpoint
+    step, save_state, save_checkpoint = loop.Loop._optimizer_step, Accelerator.save_state, loop.save_checkpoint
 
     def slow_step(self, batches):
         time.sleep(0.05)
@@ -183,7 +183,7 @@ def _stalling_trainer(argv: list[str], stall: str) -> None:
             time.sleep(float(seconds))
         return saved
 
-    engine._Loop._optimizer_step, engine.save_checkpoint = slow_step, save_checkpoint_then_stall
+    loop.Loop._optimizer_step, loop.save_checkpoint = slow_step, save_checkpoint_then_stall
     Accelerator.save_state = save_state_then_stall
     os._exit(cli.main(argv))
 
