@@ -12,30 +12,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import UID
 
+from mvmlm.data.dicom_header import (
+    VIEW_CODES,
+    DicomReadError,
+    MammogramMeta,
+    header_meta,
+    read_dataset,
+)
 from mvmlm.data.lossless_jpeg import lossless_jpeg_shortfall
 
 __all__ = ["VIEW_CODES", "DicomReadError", "MammogramMeta", "read_dicom_header", "read_mammogram"]
-
-#: view -> (SNOMED CT code value, code meaning) as used in ViewCodeSequence (CMMD)
-VIEW_CODES: dict[str, tuple[str, str]] = {
-    "CC": ("399162004", "cranio-caudal"),
-    "MLO": ("399368009", "medio-lateral oblique"),
-}
-_VIEW_BY_CODE = {code: view for view, (code, _) in VIEW_CODES.items()}
-_VIEW_BY_MEANING = {meaning: view for view, (_, meaning) in VIEW_CODES.items()}
 
 _J2K = "pylibjpeg pylibjpeg-openjpeg"
 _JPEG = "pylibjpeg pylibjpeg-libjpeg"
@@ -57,36 +53,7 @@ _STRICT_PLUGINS = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81
 #: pydicom warnings that mean the decoded data is longer than the header's image: a failure, not a warning
 _OVERLONG_WARNINGS = r".*(non-conformant padding|excess padding)"
 _WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 _LOOKUP_BLOCK = 1 << 18  # pixels per np.take call in a table lookup (see _lookup)
-
-
-class DicomReadError(ValueError):
-    """A DICOM file could not be turned into an image."""
-
-
-@dataclass(frozen=True)
-class MammogramMeta:
-    """What :func:`read_mammogram` found in (and did to) one file."""
-
-    laterality: str | None  # "L" / "R" from ImageLaterality, else Laterality
-    view: str | None  # ViewPosition, else from ViewCodeSequence ("CC", "MLO", or its code meaning)
-    photometric: str  # PhotometricInterpretation as stored
-    voi_function: str  # VOI applied: LUT (VOILUTSequence), LINEAR, LINEAR_EXACT, SIGMOID, or NONE (image min-max)
-    transfer_syntax: str
-    bits_stored: int
-    rows: int
-    cols: int
-    flipped: bool | None  # mirrored to put the chest wall on the left; None when only the header was read
-    patient_id: str | None
-    study_uid: str | None
-    series_uid: str | None
-    sop_uid: str | None
-    age: float | None  # years, from PatientAge ("055Y", "030M", ...)
-    presentation_intent: str | None  # PresentationIntentType
-    acquired: str | None = None  # "YYYYMMDDHHMMSS.ffffff" from AcquisitionDateTime / -Date + -Time, else Content*
-    series_number: int | None = None  # SeriesNumber
-    instance_number: int | None = None  # InstanceNumber
 
 
 def read_mammogram(path: str | Path, *, for_processing: bool = False) -> tuple[np.ndarray, MammogramMeta]:
@@ -100,7 +67,7 @@ def read_mammogram(path: str | Path, *, for_processing: bool = False) -> tuple[n
             plugin, not a mammogram (Modality / SOP class), FOR PROCESSING image, not a single-frame grayscale
             image, a bitstream that disagrees with the header, undecodable pixel data).
     """
-    ds = _dcmread(path)
+    ds = read_dataset(path)
     _check_mammogram(ds, path, for_processing)
     stored = _stored_pixels(ds, path)
     kind = _voi_kind(ds)
@@ -108,22 +75,13 @@ def read_mammogram(path: str | Path, *, for_processing: bool = False) -> tuple[n
     step = max(1, max(stored.shape) // 256)
     flipped = _chest_wall_on_right(display(stored[::step, ::step]))
     image = display(stored[:, ::-1] if flipped else stored)  # C-contiguous either way
-    return image, _meta(ds, voi_function=kind, flipped=flipped)
+    return image, header_meta(ds, voi_function=kind, flipped=flipped)
 
 
 def read_dicom_header(path: str | Path) -> MammogramMeta:
     """Metadata of a DICOM file without reading its pixel data (``flipped`` is None)."""
-    ds = _dcmread(path, stop_before_pixels=True)
-    return _meta(ds, voi_function=_voi_kind(ds), flipped=None)
-
-
-def _dcmread(path: str | Path, **kwargs) -> Dataset:
-    try:
-        return pydicom.dcmread(path, **kwargs)
-    except InvalidDicomError as e:
-        raise DicomReadError(f"{path}: not a DICOM file ({e})") from e
-    except Exception as e:  # pydicom's parser raises many types on damaged files
-        raise DicomReadError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    ds = read_dataset(path, stop_before_pixels=True)
+    return header_meta(ds, voi_function=_voi_kind(ds), flipped=None)
 
 
 def _check_mammogram(ds: Dataset, path: str | Path, for_processing: bool) -> None:
@@ -358,83 +316,3 @@ def _chest_wall_on_right(display: np.ndarray) -> bool:
     """True when the right half is brighter: the breast (and chest wall) lies against the right edge."""
     half = display.shape[1] // 2
     return half > 0 and float(display[:, -half:].mean()) > float(display[:, :half].mean())
-
-
-def _text(ds: Dataset, *keywords: str) -> str | None:
-    """The first non-empty value among ``keywords``, stripped."""
-    for keyword in keywords:
-        value = str(ds.get(keyword, "") or "").strip()
-        if value:
-            return value
-    return None
-
-
-def _view(ds: Dataset) -> str | None:
-    if view := _text(ds, "ViewPosition"):
-        return view.upper()
-    for item in ds.get("ViewCodeSequence", []):
-        code, meaning = str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")).strip()
-        if code in _VIEW_BY_CODE:
-            return _VIEW_BY_CODE[code]
-        if meaning:
-            return _VIEW_BY_MEANING.get(meaning.lower(), meaning)
-    return None
-
-
-def _age(value: str | None) -> float | None:
-    """Years from a DICOM age string such as "055Y"; None when absent or malformed."""
-    if not value or len(value) < 2 or value[-1].upper() not in _AGE_UNITS or not value[:-1].isdigit():
-        return None
-    return int(value[:-1]) * _AGE_UNITS[value[-1].upper()]
-
-
-def _integer(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def _timestamp(date: str | None, time: str | None) -> str | None:
-    """``YYYYMMDDHHMMSS.ffffff`` (sortable as text) from a DICOM DA (``20240131``, old ``2024.01.31``) and TM
-    (``093015.25``, old ``09:30:15``; missing: midnight); None without a valid date."""
-    day = "".join(c for c in date or "" if c.isdigit())
-    if len(day) != 8:
-        return None
-    whole, _, fraction = (time or "").partition(".")
-    clock = "".join(c for c in whole if c.isdigit())[:6].ljust(6, "0")
-    return f"{day}{clock}.{''.join(c for c in fraction if c.isdigit())[:6].ljust(6, '0')}"
-
-
-def _acquired(ds: Dataset) -> str | None:
-    """When the image was acquired: AcquisitionDateTime, AcquisitionDate + Time, else ContentDate + Time."""
-    stamp = _text(ds, "AcquisitionDateTime")
-    if stamp and (found := _timestamp(stamp[:8], stamp[8:].split("+")[0].split("-")[0])):
-        return found
-    return _timestamp(_text(ds, "AcquisitionDate"), _text(ds, "AcquisitionTime")) or _timestamp(
-        _text(ds, "ContentDate"), _text(ds, "ContentTime")
-    )
-
-
-def _meta(ds: Dataset, *, voi_function: str, flipped: bool | None) -> MammogramMeta:
-    laterality = _text(ds, "ImageLaterality", "Laterality")
-    return MammogramMeta(
-        laterality=laterality.upper() if laterality else None,
-        view=_view(ds),
-        photometric=str(ds.get("PhotometricInterpretation", "")),
-        voi_function=voi_function,
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        bits_stored=int(ds.get("BitsStored", 0) or 0),
-        rows=int(ds.get("Rows", 0) or 0),
-        cols=int(ds.get("Columns", 0) or 0),
-        flipped=flipped,
-        patient_id=_text(ds, "PatientID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_uid=_text(ds, "SOPInstanceUID"),
-        age=_age(_text(ds, "PatientAge")),
-        presentation_intent=_text(ds, "PresentationIntentType"),
-        acquired=_acquired(ds),
-        series_number=_integer(_text(ds, "SeriesNumber")),
-        instance_number=_integer(_text(ds, "InstanceNumber")),
-    )
