@@ -23,14 +23,14 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin, snapshot_download
+from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from mvmlm.bundle_card import ModelCardInfo, format_ci, model_card
 from mvmlm.errors import InputError
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "CARD_NAME",
     "BundleError",
     "ModelCardInfo",
+    "format_ci",
     "Bundle",
     "bundle_config",
     "preprocessing_of",
@@ -61,38 +62,10 @@ CARD_NAME = "README.md"
 TEXT_ENCODER_DIR = "text_encoder"  # a vendored frozen text encoder (--include-text-encoder)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name, as the Hub spells it
 _UNHASHED = {MANIFEST_NAME, CARD_NAME}  # the card may be edited on the Hub; the facts it shows are in config.json
-_NOTICE = "Research use only: not a medical device, not for diagnosis or any clinical decision."
 
 
 class BundleError(ValueError, InputError):
     """A bundle directory cannot be used: a file missing or altered, an unknown kind, a newer format."""
-
-
-@dataclass
-class ModelCardInfo:
-    """The facts a model card shows: what the model predicts, its data, its metrics and where it came from."""
-
-    title: str = "mvmlm model"
-    predicts: str = ""  # one sentence: what goes in, what comes out
-    counts: dict[str, int] = field(default_factory=dict)  # per split: breasts or exams it was trained / scored on
-    metrics: dict[str, str] = field(default_factory=dict)  # name -> value with its CI, e.g. "0.81 [0.74, 0.88]"
-    command: str = ""  # the command line of the run
-    commit: str = ""  # the git commit of the code that trained it
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, **facts: Any) -> ModelCardInfo:
-        """The card facts of a run directory: command line and git commit from its ``provenance.json``."""
-        path = Path(run_dir) / "provenance.json"
-        provenance = json.loads(path.read_text()) if path.is_file() else {}
-        command = provenance.get("command", [])
-        return cls(command=" ".join(map(str, command)), commit=provenance.get("git_commit") or "", **facts)
-
-
-def format_ci(value: float, low: float | None = None, high: float | None = None) -> str:
-    """``0.812 [0.741, 0.880]`` (or the bare value where there is no interval)."""
-    if low is None or high is None or low != low or high != high:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def bundle_config(
@@ -452,65 +425,4 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card: what the model predicts, its data and metrics, provenance and intended use."""
-        card = self.card
-        data = ModelCardData(library_name="mvmlm", tags=["mammography", "mvmlm", self.kind])
-        heads = "\n".join(f"- `{head}`: {', '.join(classes)}" for head, classes in self.heads.items()) or "- none"
-        counts = "\n".join(f"| {split} | {n} |" for split, n in card.counts.items())
-        metrics = "\n".join(f"| {name} | {value} |" for name, value in card.metrics.items())
-        prep = self.config.get("preprocessing", {})
-        crop = "cropped to the breast, " if prep.get("crop") else ""
-        vendored = self.config.get("text_encoder")
-        encoder = self.frozen_text_encoder()
-        text_encoder = (
-            f"`{vendored['model']}` (revision `{vendored['revision']}`), included in `{vendored['vendored']}/`"
-            if vendored
-            else f"`{encoder.model_name}` (revision `{encoder.revision}`), read from the Hub (cache)"
-            if encoder is not None
-            else "none"
-        )
-        body = f"""
-# {card.title}
-
-**{_NOTICE}**
-
-## What it predicts
-{card.predicts or "See the heads below."} Level: one prediction per {self.level}.
-
-Heads and classes (columns `prob_<head>_<class>` of `mvmlm predict`):
-{heads}
-
-## Data
-| split | {"exams" if self.level == "exam" else "breasts"} |
-|---|---|
-{counts or "| (not recorded) | |"}
-
-## Metrics
-Point estimate [patient-bootstrap 95 % CI] where the run computed one.
-
-| metric | value |
-|---|---|
-{metrics or "| (not recorded) | |"}
-
-## Preprocessing
-DICOM -> VOI LUT / window, MONOCHROME1 inverted, chest wall on the left, {crop}resized keeping the aspect ratio
-and padded to {prep.get("height")} x {prep.get("width")} (as `mvmlm preprocess`).
-
-## Use
-```python
-import mvmlm
-model = mvmlm.load_model("path/or/org-name")
-predictions = model.predict(["exam_folder/"])
-```
-or `mvmlm predict --model path/or/org-name --input exam_folder/ --out predictions/`.
-
-## Provenance
-- kind: `{self.kind}`, bundle format {FORMAT_VERSION}
-- text encoder: {text_encoder}
-- command: `{card.command or "not recorded"}`
-- git commit: `{card.commit or "not recorded"}`
-
-## Intended use
-{_NOTICE} Trained and evaluated on the data above only; performance on other populations, devices or
-acquisition protocols is unknown.
-"""
-        return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+        return model_card(self)
