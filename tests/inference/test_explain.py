@@ -85,7 +85,8 @@ def test_four_view_maps_come_with_the_views_attention_weights(shared):
         assert m.score == pytest.approx(float(expected[m.row, m.view // 2]), abs=1e-5)
 
 
-def test_mvclip_maps_the_similarity_to_a_prompt(text_image_set):
+def _tiny_mvclip(text_image_set):
+    """A seeded random-init MV-CLIP bundle (tiny image and text towers) for the prompt-map tests."""
     from mvmlm.models.mvclip import MVCLIP, ImageTowerConfig, MVCLIPBundle, MVCLIPConfig, TextTowerConfig, TokenConfig
 
     config = MVCLIPConfig(
@@ -96,6 +97,12 @@ def test_mvclip_maps_the_similarity_to_a_prompt(text_image_set):
     )
     torch.manual_seed(0)
     bundle = MVCLIPBundle(MVCLIP(config, load_pretrained=False).eval(), {"heads": {}})
+    return bundle
+
+
+def test_mvclip_maps_the_similarity_to_a_prompt(text_image_set):
+
+    bundle = _tiny_mvclip(text_image_set)
     mask = torch.tensor([[True, False]])
     maps = explain_views(bundle, _images(1, 2), mask, prompt="spiculated mass")
     assert len(maps) == 1 and maps[0].heatmap.shape == (H, W) and maps[0].target == "spiculated mass"
@@ -143,16 +150,8 @@ def test_mvclip_without_a_prompt_maps_every_zero_shot_class(text_image_set, tmp_
     """One map per view and class of the prompts file, scored by the cosine to the class's ensemble embedding; the
     class with the highest score is the zero-shot prediction."""
     from mvmlm.inference.zeroshot import class_embeddings
-    from mvmlm.models.mvclip import MVCLIP, ImageTowerConfig, MVCLIPBundle, MVCLIPConfig, TextTowerConfig, TokenConfig
 
-    config = MVCLIPConfig(
-        image=ImageTowerConfig(encoder="timm:test_resnet", encoder_kwargs={"in_chans": 1}, image_size=[H, W]),
-        text=TextTowerConfig(model=str(text_image_set(16).text_model), revision=None, max_length=24),
-        tokens=TokenConfig(num_tokens=8, width=32, depth=1, heads=4),
-        embed_dim=16,
-    )
-    torch.manual_seed(0)
-    bundle = MVCLIPBundle(MVCLIP(config, load_pretrained=False).eval(), {"heads": {}})
+    bundle = _tiny_mvclip(text_image_set)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("mass:\n  no mass: [No mass is seen., There is no mass.]\n  mass: [There is a mass.]\n")
     maps = explain_views(bundle, _images(1, 2), torch.tensor([[True, True]]), prompts=str(prompts))

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 
 from mvmlm.cli import main as cli
+
+from .exam_uids import study_uids
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMS = 64
@@ -35,14 +36,6 @@ def multiview_run(text_image_set, tmp_path_factory) -> Path:
     return out
 
 
-def _study_uids(root: Path, table: pd.DataFrame) -> dict[str, str]:
-    """The table's exam id -> the StudyInstanceUID of its DICOM files."""
-    first = table.groupby("exam_id")["path"].first()
-    return {
-        exam: pydicom.dcmread(root / path, stop_before_pixels=True).StudyInstanceUID for exam, path in first.items()
-    }
-
-
 def test_a_moved_multiview_bundle_predicts_the_runs_scores_on_dicom_files(multiview_run, synthetic_dataset, tmp_path):
     from downstream.multiview.data import class_names
     from downstream.multiview.train import load_classifier
@@ -58,7 +51,7 @@ def test_a_moved_multiview_bundle_predicts_the_runs_scores_on_dicom_files(multiv
     assert set(predicted["level"]) == {"exam", "breast"}
 
     expected = pd.concat([pd.read_csv(multiview_run / f"predictions_{s}.csv") for s in SPLITS], ignore_index=True)
-    expected["exam_id"] = expected["exam_id"].astype(str).map(_study_uids(root, table))
+    expected["exam_id"] = expected["exam_id"].astype(str).map(study_uids(root, table))
     assert expected["exam_id"].notna().all() and len(expected) > 10
 
     exams = predicted[predicted["level"] == "exam"].set_index("exam_id").loc[expected["exam_id"]]

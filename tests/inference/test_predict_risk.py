@@ -14,6 +14,8 @@ import pytest
 
 from mvmlm.cli import main as cli
 
+from .exam_uids import study_uids
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs/risk/tiny.yaml")
 EXAMS = 24
@@ -44,14 +46,6 @@ def risk_run(synthetic_dataset, tmp_path_factory) -> Path:
     return out
 
 
-def _study_uids(root: Path, table: pd.DataFrame) -> dict[str, str]:
-    """The table's exam id -> the StudyInstanceUID of its DICOM files."""
-    first = table.groupby("exam_id")["path"].first()
-    return {
-        exam: pydicom.dcmread(root / path, stop_before_pixels=True).StudyInstanceUID for exam, path in first.items()
-    }
-
-
 def _covariates_csv(table: pd.DataFrame, uids: dict[str, str], path: Path, exams: list[str] | None = None) -> Path:
     """The table's exam-level age and density keyed by StudyInstanceUID (``exams``: only those)."""
     found = table.groupby("exam_id")[["age", "density"]].first().reset_index()
@@ -67,7 +61,7 @@ def site(risk_run, synthetic_dataset, tmp_path_factory):
     root, table = synthetic_dataset("embed", exams=EXAMS, seed=0)
     folder = tmp_path_factory.mktemp("new_site")
     images = Path(shutil.copytree(root / "images", folder / "images"))
-    uids = _study_uids(root, table)
+    uids = study_uids(root, table)
     return images, _covariates_csv(table, uids, folder / "covariates.csv"), uids, table
 
 
