@@ -14,7 +14,7 @@ TINY = ["exams=8", "source_height=96", "source_width=64", "height=64", "width=40
 #: every model stage at its smallest: the wiring, not the figures
 TINY_STAGES = """
 pretrain_steps: 2
-risk_exams: 24
+risk_exams: 38  # the EMBED writer keeps 24 (a screening cohort)
 overrides:
   pretrain: [train.eval_every=2, eval.train_subset=0]
   probe: ["fractions=[1.0]", "seeds=[0]", "tasks=[density]", "bootstrap=20", "plots=false"]

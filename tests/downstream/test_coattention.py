@@ -29,6 +29,8 @@ CFG = CoAttentionModelConfig(
     width=16, heads=2, depth=2, fine_grid=[2, 2], coarse_grid=[1, 1], text_depth=1, dropout=0.0
 )
 TEXT_DIM = 12
+#: truth exams of the synthetic EMBED set: its screening cohort keeps 25, with a malignant breast in the test split
+EMBED_EXAMS = 40
 
 
 def _model(fusion: str) -> FusionClassifier:
@@ -133,7 +135,7 @@ def tiny_bert(tmp_path_factory):
 def embed_cache(synthetic_dataset, tmp_path_factory):
     from mvmlm.data.preprocess import PreprocessParams, cache_folder, preprocess_table
 
-    root, table = synthetic_dataset("embed", exams=24, seed=0)
+    root, table = synthetic_dataset("embed", exams=EMBED_EXAMS, seed=0)
     out = tmp_path_factory.mktemp("coatt_cache")
     preprocess_table(table, root, out, PreprocessParams(32, 32), progress=False)
     return cache_folder(out, PreprocessParams(32, 32)) / "table.parquet"

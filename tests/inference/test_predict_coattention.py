@@ -26,7 +26,7 @@ TINY = str(REPO / "configs/coattention/tiny.yaml")
 @pytest.fixture(scope="module")
 def embed_set(synthetic_dataset, embed_cache) -> tuple[Path, pd.DataFrame, Path]:
     """The synthetic EMBED set of the co-attention tests: DICOM root, canonical table, 32x32 cache table."""
-    root, table = synthetic_dataset("embed", exams=24, seed=0)
+    root, table = synthetic_dataset("embed", exams=test_coattention.EMBED_EXAMS, seed=0)
     return root, table, embed_cache
 
 

@@ -8,6 +8,12 @@ follow-up is encoded as a later exam of the patient that has no images in the re
 (``path_severity`` 0) ``years_to_cancer`` later, else a negative screening at ``years_to_last_followup``. Exams
 with tomosynthesis also have ``cview`` images and diagnostic exams a spot-compression view (``spot_mag`` 1); the
 adapter drops both. Dates are whole days, so the expected follow-up is the truth rounded to days / 365.25.
+
+The cohort is screening-like: the truth draws a lesion for 40 % of breasts, so a third of its exams have a cancer
+found at the exam (``years_to_cancer`` 0), which no screening cohort has and which would swamp the planted future
+hazard (density, benign lesions) a risk model should find. Of those exams only one in
+:data:`CANCER_AT_EXAM_EVERY` is written (the first, the 11th, ...); the others are left out, so fewer exams than
+the truth holds are written (about 70 %).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ RACES = ("Caucasian or White", "African American  or Black", "Asian", "Unknown, 
 ETHNIC_GROUPS = ("Non-Hispanic or Latino", "Hispanic or Latino", "Unknown~Hispanic")
 SCREENING_DESC = ("MG Screening Bilateral", "MG Screen Bilat w/Tomo/CAD Stnd Protocol")
 DIAGNOSTIC_DESC = ("MG Diagnostic Mammo Bilateral", "MG Diag Bilat w/Tomo/CAD")
+#: of the truth's exams with a cancer found at the exam, one in this many is written (a screening cohort)
+CANCER_AT_EXAM_EVERY = 10
 
 
 def _finding(breast: pd.Series | None, side: str | float, number: int, severity: float) -> dict:
@@ -68,7 +76,7 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
     rng = np.random.default_rng(seed)
     clinical, metadata, expected = [], [], []
     cancer_severity, no_finding_side = itertools.cycle((0, 1)), itertools.cycle((np.nan, "B"))
-    exams = sorted(truth["exam_id"].unique())
+    exams = _screening_cohort(truth)
     empis = 10_000_000 + rng.choice(90_000_000, size=len(exams), replace=False)
     for index, (exam_id, empi) in enumerate(zip(exams, empis, strict=True)):
         rows = truth[truth["exam_id"] == exam_id]
@@ -158,6 +166,14 @@ def write(truth: pd.DataFrame, out: Path, *, height: int, width: int, seed: int)
     table = pd.DataFrame(expected)
     table["split"] = source_less_split(table["patient_id"], seed=0, val_fraction=0.1)  # the adapter's defaults
     return table
+
+
+def _screening_cohort(truth: pd.DataFrame) -> list[str]:
+    """The exam ids written, sorted: every exam without a cancer at the exam, and one in
+    :data:`CANCER_AT_EXAM_EVERY` of those with one (the first of each run of that many)."""
+    cancer_now = truth.groupby("exam_id", sort=True)["malignant"].max().eq(1)
+    kept = ~cancer_now | (cancer_now.cumsum() % CANCER_AT_EXAM_EVERY == 1)
+    return list(cancer_now.index[kept.to_numpy()])
 
 
 def _later_exam(clinical: list[dict], exam: dict, first: pd.Series, date: pd.Timestamp) -> tuple[float, float]:

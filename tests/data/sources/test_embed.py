@@ -14,6 +14,8 @@ from mvmlm.data import schema
 from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.sources import SourceError, read_source
 from mvmlm.data.sources.embed import CLINICAL, METADATA, follow_up
+from mvmlm.data.synthetic.embed import CANCER_AT_EXAM_EVERY, _screening_cohort
+from mvmlm.data.synthetic.truth import sample_exams
 
 COMPARED = [*schema.COLUMNS, "screening"]
 
@@ -42,6 +44,15 @@ def test_adapter_reproduces_the_generator_truth(embed):
     pd.testing.assert_frame_equal(_by_image(table), _by_image(expected))
     assert table["years_to_cancer"].notna().any() and table["years_to_cancer"].isna().any()
     assert (table["screening"]).any() and (~table["screening"]).any()
+
+
+def test_the_written_cohort_is_screening_like_one_in_ten_cancers_at_the_exam_kept():
+    truth = sample_exams(300, seed=3)
+    cancer_now = truth.groupby("exam_id")["malignant"].max().eq(1)
+    kept = set(_screening_cohort(truth))
+    assert set(cancer_now.index[~cancer_now]) <= kept  # every exam without a cancer found at it
+    assert len(kept & set(cancer_now.index[cancer_now])) == -(-cancer_now.sum() // CANCER_AT_EXAM_EVERY)
+    assert cancer_now.mean() > 0.25 and cancer_now[list(kept)].mean() < 0.1
 
 
 def test_cview_and_spot_images_are_dropped(embed):
