@@ -68,7 +68,7 @@ class DemoConfig:
     reports_config: str = "configs/reports/template.yaml"  # report synthesis config (template backend)
     model_stages: bool = True  # pretraining, linear probe and four-view classifier (the slow part, ~minutes)
     pretrain_steps: int = 40
-    risk_exams: int = 120  # synthetic EMBED-format exams (with risk follow-up) for the risk stage
+    risk_exams: int = 120  # truth exams of the risk stage (the EMBED writer keeps a screening cohort of ~70 %)
     ablation: bool = False  # also run a tiny MV-MLM Table 1 grid (configs/pretrain/grid_demo.yaml; minutes more)
     predict_format: str = "rsna"  # native format of the unseen exams the saved bundle predicts (tables deleted)
     predict_exams: int = 12
@@ -281,7 +281,7 @@ def shuffled_follow_up(table: pd.DataFrame, seed: int) -> pd.DataFrame:
 def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str) -> dict:
     """Stage 9: risk prediction on synthetic EMBED-format exams (VinDr has no follow-up) from the pretrained
     embeddings, then the same with shuffled follow-up (the control a real signal must beat)."""
-    log.info("9/10 risk prediction on %d synthetic EMBED-format exams", cfg.risk_exams)
+    log.info("9/10 risk prediction on a synthetic EMBED-format screening cohort of %d truth exams", cfg.risk_exams)
     root = run.file("data_embed")
     write_synthetic(
         "embed", root, exams=cfg.risk_exams, seed=cfg.seed, height=cfg.source_height, width=cfg.source_width
