@@ -28,6 +28,7 @@ class EncoderConfig:
     kwargs: dict[str, Any] = field(default_factory=lambda: {"in_chans": 1})  # timm: encoder arguments
     init: str = "pretrained"  # pretrained (checkpoint / ImageNet weights) | random (same architecture)
     seed: int = 0  # random init seed
+    features: str = "embedding"  # mvclip: embedding (the tower's projected output) | encoder (its CNN, pooled)
 
 
 @dataclass

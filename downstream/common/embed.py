@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 EMBED_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.safetensors"
 INITS = ("pretrained", "random")
+FEATURES = ("embedding", "encoder")  # what an MV-MLM tower hands a probe: its projected output or its pooled CNN map
 POOLS = ("mean", "max")
 
 
@@ -102,6 +103,8 @@ def _check(cfg: EncoderConfig) -> None:
         raise ConfigError(f"unknown encoder source {cfg.source!r}; known: {', '.join(SOURCES.names())}")
     if cfg.init not in INITS:
         raise ConfigError(f"encoder init must be one of {INITS}, got {cfg.init!r}")
+    if cfg.features not in FEATURES:
+        raise ConfigError(f"encoder features must be one of {FEATURES}, got {cfg.features!r}")
 
 
 def build_backbone(cfg: EncoderConfig) -> Backbone:
@@ -143,12 +146,16 @@ def _mvclip(cfg: EncoderConfig) -> Backbone:
     else:
         config = load_checkpoint_config(directory, MVCLIPConfig)
         tower = ImageTower(config.image, config.tokens, config.embed_dim, load_pretrained=False)
+    if cfg.features == "encoder":  # the image encoder's feature map, globally average-pooled
+        return Backbone(tower.encoder, tower.encoder.out_channels, pool=True)
     return Backbone(tower, tower.tokens.proj.out_features, pool=False)
 
 
 def _mvclip_fingerprint(cfg: EncoderConfig) -> dict:
     directory = _checkpoint_dir(cfg)
     found = {"config": file_digest(directory / CONFIG_NAME)}
+    if cfg.features != "embedding":  # the projected embedding's keys stay those of earlier versions
+        found["features"] = cfg.features
     if cfg.init == "pretrained":
         found["weights"] = file_digest(directory / WEIGHTS_NAME)
     else:

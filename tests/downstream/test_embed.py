@@ -16,6 +16,7 @@ from downstream.common.embed import (
     pool_views,
 )
 from mvmlm.checkpoint import load_checkpoint_config, load_weights, save_checkpoint
+from mvmlm.config import ConfigError
 from mvmlm.data.exams import build_breasts
 from mvmlm.data.preprocess import load_cached, read_cached_table
 from mvmlm.models.mvclip import MVCLIPConfig, load_image_tower
@@ -37,6 +38,20 @@ def test_checkpoint_embeddings_are_the_image_tower_outputs(table, random_checkpo
     with torch.no_grad():
         direct = tower(torch.from_numpy(load_cached(out.paths[3]))[None, None]).numpy()
     np.testing.assert_allclose(out.vectors[3], direct[0], rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_features_are_the_towers_pooled_feature_map_and_key_their_own_cache(table, random_checkpoint, tmp_path):
+    encoder = EncoderConfig(checkpoint=str(random_checkpoint), features="encoder")
+    out = image_embeddings(table, encoder, _cfg(tmp_path))
+    tower = load_image_tower(random_checkpoint).eval()
+    assert out.vectors.shape == (len(table), tower.encoder.out_channels)
+    with torch.no_grad():
+        direct = tower.encoder(torch.from_numpy(load_cached(out.paths[3]))[None, None]).mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(out.vectors[3], direct[0], rtol=1e-4, atol=1e-5)
+    image_embeddings(table, EncoderConfig(checkpoint=str(random_checkpoint)), _cfg(tmp_path))
+    assert len(list((tmp_path / "emb").iterdir())) == 2  # the projected embedding is cached apart
+    with pytest.raises(ConfigError, match="encoder features must be one of"):
+        image_embeddings(table, EncoderConfig(checkpoint=str(random_checkpoint), features="tokens"), _cfg(tmp_path))
 
 
 def test_cache_is_reused_and_keyed_by_the_weights(table, random_checkpoint, tmp_path, monkeypatch):
