@@ -91,6 +91,9 @@ class OptimConfig:
     plateau_factor: float = 0.5  # plateau: lr multiplier when the selected metric stops improving
     plateau_patience: int = 10  # plateau: evaluations without improvement before the cut
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # LR multiplier per parameter-name prefix (a module path), e.g. {backbones: 0.1} for a slower encoder while the
+    # heads learn at lr; 0 freezes those parameters. The longest matching prefix wins; {} = lr everywhere
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

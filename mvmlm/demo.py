@@ -2,14 +2,14 @@
 
 Stages: synthetic VinDr-format exams (real DICOM + VinDr tables) -> canonical table -> preprocessing cache ->
 summary and a contact sheet PNG -> per-breast reports (template backend) -> tiny MV-CLIP pretraining -> linear
-probe of the pretrained model vs random init -> tiny four-view classifier -> risk prediction on synthetic
-EMBED-format follow-up (and the same with each exam paired with another exam's follow-up: the shuffled control) ->
-with ``ablation=true``, a tiny MV-MLM Table 1 (``mvmlm pretrain-grid``: CLIP, MV-CLIP, MV-CLIP+Tr, each probed and
-fine-tuned) -> the four-view classifier saved as a bundle predicts exams it has never seen (synthetic DICOM files of
-another dataset's format, its tables deleted: ``mvmlm predict``) -> ``report.html``. Everything lands in one run
-directory (``out``). Later stages run through the command registry, as a user would run the commands; each stage's
-config is ``configs/<stage>/demo.yaml`` (the ablation's ``configs/pretrain/grid_demo.yaml``) plus
-``overrides.<stage>``.
+probe of the pretrained model vs random init -> a four-view classifier on the pretrained image tower -> risk
+prediction on synthetic EMBED-format follow-up (and the same with each exam paired with another exam's follow-up:
+the shuffled control) -> with ``ablation=true``, a tiny MV-MLM Table 1 (``mvmlm pretrain-grid``: CLIP, MV-CLIP,
+MV-CLIP+Tr, each probed and fine-tuned) -> the four-view classifier saved as a bundle predicts exams it has never
+seen (synthetic DICOM files of another dataset's format, its tables deleted: ``mvmlm predict``) -> ``report.html``.
+Everything lands in one run directory (``out``). Later stages run through the command registry, as a user would run
+the commands; each stage's config is ``configs/<stage>/demo.yaml`` (the ablation's
+``configs/pretrain/grid_demo.yaml``) plus ``overrides.<stage>``.
 The checks (``metrics.json`` ``checks``, the page's first table) say for each planted signal whether its 95 %
 interval excludes chance.
 """
@@ -50,6 +50,8 @@ STAGE_CONFIGS = {
     "risk": "configs/risk/demo.yaml",
     "ablation": "configs/pretrain/grid_demo.yaml",
 }
+#: AUC at or above which two encoders count as tied at the ceiling (the check says so instead of "not above")
+CEILING = 0.98
 STAGE_RUNS = [*STAGE_CONFIGS, "risk_shuffled", "bundle", "predict", "data_predict"]  # run folders the demo replaces
 
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         with timer.stage("probe"):
             summary["probe"] = probe(cfg, run, table, summary["pretrain"]["model_dir"])
         with timer.stage("multiview"):
-            summary["multiview"] = multiview(cfg, run, table)
+            summary["multiview"] = multiview(cfg, run, table, summary["pretrain"]["model_dir"])
         with timer.stage("risk"):
             summary["risk"] = risk(cfg, run, params, summary["pretrain"]["model_dir"])
         if cfg.ablation:
@@ -258,10 +260,16 @@ def probe(cfg: DemoConfig, run: RunDir, table: Path, model_dir: str) -> dict:
     return {"run": str(run.file("probe")), "summary": metrics["summary"], "results": metrics["results"]}
 
 
-def multiview(cfg: DemoConfig, run: RunDir, table: Path) -> dict:
-    """Stage 8: a tiny four-view classifier (BI-RADS 4-5 stands in for malignancy: VinDr has no pathology)."""
-    log.info("8/10 four-view classifier")
-    args = [f"data.table={table}", f"data.image_size=[{cfg.height},{cfg.width}]", f"out={run.file('multiview')}"]
+def multiview(cfg: DemoConfig, run: RunDir, table: Path, model_dir: str) -> dict:
+    """Stage 8: a tiny four-view classifier on the pretrained image tower (BI-RADS 4-5 stands in for malignancy:
+    VinDr has no pathology)."""
+    log.info("8/10 four-view classifier on the pretrained image tower")
+    args = [
+        f"data.table={table}",
+        f"data.image_size=[{cfg.height},{cfg.width}]",
+        f"model.checkpoint={model_dir}",
+        f"out={run.file('multiview')}",
+    ]
     results = run_command("multiview", stage_args(cfg, "multiview", args))
     print("\n" + "\n".join(results["summary_lines"]))
     return {"run": str(run.file("multiview")), "best_epoch": results["best_epoch"], "test": results["eval"]["test"]}
@@ -359,7 +367,10 @@ def _check(stage: str, claim: str, value: float, low: float, high: float, chance
     ok, words = verdict.ok, verdict.words
     if baseline is not None:
         name, reference = baseline
-        if value > reference:
+        if min(value, reference) >= CEILING:
+            ok = False
+            words = f"NOT told apart from {name} ({fmt(reference)}): both at the ceiling, the task is too easy here"
+        elif value > reference:
             words += f"; above {name} ({fmt(reference)})"
         elif ok:
             ok, words = False, f"signal NOT shown: above chance ({chance:.3f}), but NOT above {name} ({fmt(reference)})"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mvmlm.config import ConfigError
-from mvmlm.demo import main, shuffled_follow_up
+from mvmlm.demo import _check, main, shuffled_follow_up
 
 TINY = ["exams=8", "source_height=96", "source_width=64", "height=64", "width=40", "workers=1", "contact_exams=2"]
 #: every model stage at its smallest: the wiring, not the figures
@@ -16,7 +16,7 @@ TINY_STAGES = """
 pretrain_steps: 2
 risk_exams: 38  # the EMBED writer keeps 24 (a screening cohort)
 overrides:
-  pretrain: [train.eval_every=2, eval.train_subset=0]
+  pretrain: [train.eval_every=2, eval.train_subset=0, data.batch_size=8]
   probe: ["fractions=[1.0]", "seeds=[0]", "tasks=[density]", "bootstrap=20", "plots=false"]
   multiview: [train.epochs=1, eval.bootstrap=20, eval.plots=false]
   risk: [train.epochs=1, bootstrap=20, "models=[coxnet]"]
@@ -114,3 +114,14 @@ def test_a_missing_stage_config_fails_before_anything_is_written(tmp_path):
         with pytest.raises(ConfigError, match="nope.yaml"):
             main([f"out={tmp_path / 'demo'}", f"reports_config={missing}"])
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_check_says_whether_the_pretrained_encoder_beats_its_baseline_and_names_a_tie_at_the_ceiling():
+    above = _check("probe", "mass AUC", 0.9, 0.8, 0.97, 0.5, ("random init", 0.7))
+    assert above["ok"] and "above random init (0.700)" in above["words"]
+    below = _check("probe", "mass AUC", 0.7, 0.6, 0.8, 0.5, ("random init", 0.9))
+    assert not below["ok"] and "NOT above random init (0.900)" in below["words"]
+    tie = _check("probe", "density AUC", 0.99, 0.97, 1.0, 0.5, ("random init", 1.0))
+    assert not tie["ok"] and "both at the ceiling" in tie["words"]
+    noisy = _check("probe", "mass AUC", 0.62, 0.45, 0.8, 0.5, ("random init", 0.55))
+    assert not noisy["ok"] and "includes it" in noisy["words"] and "above random init" in noisy["words"]

@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from downstream.common.config import EmbedConfig, EncoderConfig
-from mvmlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_path, load_checkpoint_config
+from mvmlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_path
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import BREAST_SLOTS
 from mvmlm.data.preprocess import NotCachedError, load_cached
 from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder, image_encoder_accepts
-from mvmlm.models.mvclip import ImageTower, MVCLIPConfig, load_image_tower
+from mvmlm.models.mvclip import ImageTower, load_image_tower
 from mvmlm.registry import Registry
 from mvmlm.sweep import file_digest
 
@@ -141,11 +141,7 @@ def _checkpoint_dir(cfg: EncoderConfig) -> Path:
 
 def _mvclip(cfg: EncoderConfig) -> Backbone:
     directory = _checkpoint_dir(cfg)
-    if cfg.init == "pretrained":
-        tower = load_image_tower(directory)
-    else:
-        config = load_checkpoint_config(directory, MVCLIPConfig)
-        tower = ImageTower(config.image, config.tokens, config.embed_dim, load_pretrained=False)
+    tower = load_image_tower(directory, weights=cfg.init == "pretrained")
     if cfg.features == "encoder":  # the image encoder's feature map, globally average-pooled
         return Backbone(tower.encoder, tower.encoder.out_channels, pool=True)
     return Backbone(tower, tower.tokens.proj.out_features, pool=False)

@@ -29,7 +29,16 @@ from mvmlm.models.image_encoders import create_image_encoder
 from mvmlm.models.mvclip import load_image_tower
 from mvmlm.registry import Registry
 
-__all__ = ["VIEWS", "SIDES", "POOLS", "ModelConfig", "PooledEncoder", "GatedAttentionFusion", "MultiViewClassifier"]
+__all__ = [
+    "VIEWS",
+    "SIDES",
+    "POOLS",
+    "ModelConfig",
+    "PooledEncoder",
+    "backbone_name",
+    "GatedAttentionFusion",
+    "MultiViewClassifier",
+]
 
 #: input view order (as ``mvmlm.data.exams.ExamDataset`` stacks them)
 VIEWS: tuple[str, ...] = EXAM_SLOTS
@@ -58,20 +67,32 @@ class PooledEncoder(nn.Module):
 class _TowerEncoder(nn.Module):
     """The image tower of an MV-MLM checkpoint (encoder + token transformer): its embedding is ``v_i``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, weights: bool = True) -> None:
         super().__init__()
-        self.tower = load_image_tower(directory)
+        self.tower = load_image_tower(directory, weights=weights)
         self.out_dim = self.tower.tokens.proj.out_features
 
     def forward(self, images: Tensor) -> Tensor:
         return self.tower(images)
 
 
-def build_view_encoder(cfg: ModelConfig) -> nn.Module:
-    """One backbone (with ``out_dim``): the MV-MLM tower of ``cfg.checkpoint`` or the registered encoder."""
+def backbone_name(cfg: ModelConfig) -> str:
+    """What the views go through, for titles and cards: the registered encoder, or the MV-MLM tower."""
+    return "MV-MLM image tower" if cfg.checkpoint else cfg.backbone
+
+
+def build_view_encoder(cfg: ModelConfig, load_pretrained: bool = True) -> nn.Module:
+    """One backbone (with ``out_dim``): the MV-MLM tower of ``cfg.checkpoint`` or the registered encoder.
+
+    ``load_pretrained=False`` builds the architecture only (the tower's config, no ``pretrained*`` encoder options):
+    for a classifier whose saved weights are loaded next.
+    """
     if cfg.checkpoint:
-        return _TowerEncoder(cfg.checkpoint)
-    return PooledEncoder(cfg.backbone, cfg.pool, **cfg.backbone_kwargs)
+        return _TowerEncoder(cfg.checkpoint, weights=load_pretrained)
+    kwargs = cfg.backbone_kwargs
+    if not load_pretrained:
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("pretrained")}
+    return PooledEncoder(cfg.backbone, cfg.pool, **kwargs)
 
 
 class GatedAttentionFusion(nn.Module):
@@ -108,9 +129,11 @@ class MultiViewClassifier(nn.Module):
     Args:
         cfg: the model config.
         num_classes: classes per task, e.g. ``{"label": 2, "birads": 5}``; a single-task model has one entry.
+        load_pretrained: load the backbone's pretrained weights (MV-MLM tower, ``pretrained*`` options); False when
+            the classifier's own saved weights are loaded next.
     """
 
-    def __init__(self, cfg: ModelConfig, num_classes: dict[str, int]) -> None:
+    def __init__(self, cfg: ModelConfig, num_classes: dict[str, int], load_pretrained: bool = True) -> None:
         super().__init__()
         if not num_classes:
             raise ValueError("MultiViewClassifier needs at least one task")
@@ -123,7 +146,7 @@ class MultiViewClassifier(nn.Module):
             else {view: [i for i, slot in enumerate(VIEWS) if slot.endswith(f"_{view}")] for view in ("CC", "MLO")}
         )
         self.groups = groups
-        self.backbones = nn.ModuleDict({name: build_view_encoder(cfg) for name in groups})
+        self.backbones = nn.ModuleDict({name: build_view_encoder(cfg, load_pretrained) for name in groups})
         dim = next(iter(self.backbones.values())).out_dim
         self.feature_dim = dim
         self.fusion = GatedAttentionFusion(dim, len(VIEWS), cfg.fusion_hidden, cfg.mask_missing)

@@ -14,7 +14,6 @@ evaluated split ``predictions_<split>.csv`` (scores and attention per exam) and 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from downstream.common.bundled_encoder import ENCODER_DIR, write_architecture
 from downstream.multiview.config import SELECT, MultiviewConfig
 from downstream.multiview.data import (
     ExamSplit,
@@ -45,7 +45,7 @@ from downstream.multiview.eval import (
     predictions_frame,
     task_metrics,
 )
-from downstream.multiview.model import VIEWS, MultiViewClassifier
+from downstream.multiview.model import VIEWS, MultiViewClassifier, backbone_name
 from mvmlm import checkpoint
 from mvmlm.bundle import Bundle, ModelCardInfo, bundle_config, format_ci, preprocessing_of
 from mvmlm.config import ConfigError, config_to_dict, config_to_yaml
@@ -162,7 +162,7 @@ def _evaluate_splits(
         frame = predictions_frame(splits[name].exams, preds, cfg.task.tasks)
         frame.to_csv(run.file(f"predictions_{name}.csv"), index=False)
         if cfg.eval.plots:
-            title = f"{cfg.model.backbone} ({'shared' if cfg.model.shared else 'view-specific'}), {name}"
+            title = f"{backbone_name(cfg.model)} ({'shared' if cfg.model.shared else 'view-specific'}), {name}"
             plot_attention(evaluated[name]["attention"], run.file(f"plots/attention_{name}.png"), title)
             plot_tasks(preds, class_names(cfg.task), run.file("plots"), name)
     return evaluated
@@ -176,6 +176,7 @@ class MultiviewBundle(Bundle):
     level = "exam"
 
     def write_files(self, directory: Path) -> None:
+        write_architecture(directory, self.config.get("encoder_config"))
         checkpoint.save_checkpoint(directory, self.module.state_dict(), OmegaConf.create(self.config["model"]))
 
     @classmethod
@@ -199,12 +200,17 @@ def save_bundle(cfg: MultiviewConfig, model: nn.Module, run: RunDir, splits: dic
     }
     card = ModelCardInfo.from_run(
         run.path,
-        title=f"mvmlm four-view classifier ({cfg.model.backbone}, {cfg.task.setting})",
+        title=f"mvmlm four-view classifier ({backbone_name(cfg.model)}, {cfg.task.setting})",
         predicts="From an exam's four views, per breast (L, R) the probabilities of " + ", ".join(cfg.task.tasks) + ".",
         counts={name: len(split.exams) for name, split in splits.items()},
         metrics=metrics,
     )
-    config = bundle_config(config_to_dict(cfg), class_names(cfg.task), preprocessing_of(cfg.data.table), card)
+    stored, architecture = config_to_dict(cfg), None
+    if cfg.model.checkpoint:  # the MV-MLM tower's architecture travels with the bundle (its weights are the model's)
+        architecture = config_to_dict(OmegaConf.load(Path(cfg.model.checkpoint) / checkpoint.CONFIG_NAME))
+        stored["model"]["checkpoint"] = ENCODER_DIR
+    preprocessing = preprocessing_of(cfg.data.table)
+    config = bundle_config(stored, class_names(cfg.task), preprocessing, card, encoder_config=architecture)
     MultiviewBundle(model, config).save_pretrained(run.file(BEST_DIR))
 
 
@@ -248,13 +254,16 @@ def train(cfg: MultiviewConfig) -> dict[str, Any]:
 
 
 def load_classifier(directory: str | Path, device: str = "cpu") -> tuple[MultiViewClassifier, MultiviewConfig]:
-    """The classifier saved in a run's ``best/`` folder (safetensors + config), in eval mode, and its config.
+    """The classifier saved in a run's ``best/`` folder or a bundle (safetensors + config), in eval mode, and its
+    config.
 
-    Pretrained-weight options of the backbone are dropped (the weights come from the file); a model built on an
-    MV-MLM tower reads that tower's checkpoint directory again for its architecture.
+    Only architectures are built (the weights come from the file): a model on an MV-MLM tower reads the tower's
+    config from the bundle's ``encoder/`` folder, or else from the tower's checkpoint directory.
     """
+    directory = Path(directory)
     cfg = checkpoint.load_checkpoint_config(directory, MultiviewConfig)
-    kwargs = {key: value for key, value in cfg.model.backbone_kwargs.items() if not key.startswith("pretrained")}
-    model = MultiViewClassifier(dataclasses.replace(cfg.model, backbone_kwargs=kwargs), num_classes(cfg.task))
+    if cfg.model.checkpoint and (directory / ENCODER_DIR / checkpoint.CONFIG_NAME).is_file():
+        cfg.model.checkpoint = str(directory / ENCODER_DIR)
+    model = MultiViewClassifier(cfg.model, num_classes(cfg.task), load_pretrained=False)
     model.load_state_dict(checkpoint.load_weights(directory))
     return model.to(device).eval(), cfg

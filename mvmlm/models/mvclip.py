@@ -178,14 +178,18 @@ def _normalize(out: Tensor | tuple[Tensor, Tensor], normalize: bool) -> Tensor |
     return F.normalize(out, dim=-1)
 
 
-def load_image_tower(directory: str | Path, device: str = "cpu") -> ImageTower:
-    """The image tower of an MV-CLIP checkpoint directory, for embedding, probing and fine-tuning."""
+def load_image_tower(directory: str | Path, device: str = "cpu", weights: bool = True) -> ImageTower:
+    """The image tower of an MV-CLIP checkpoint directory, for embedding, probing and fine-tuning.
+
+    Args:
+        weights: load the checkpoint's weights; False builds the architecture from ``config.yaml`` alone (random
+            init; for models whose own weights file holds the tower's, and for random-init baselines).
+    """
     config = load_checkpoint_config(directory, MVCLIPConfig)
     tower = ImageTower(config.image, config.tokens, config.embed_dim, load_pretrained=False)
-    weights = {
-        key[len("image.") :]: value for key, value in load_weights(directory).items() if key.startswith("image.")
-    }
-    tower.load_state_dict(weights)
+    if weights:
+        state = load_weights(directory)
+        tower.load_state_dict({key[len("image.") :]: v for key, v in state.items() if key.startswith("image.")})
     return tower.to(device)
 
 

@@ -17,16 +17,51 @@ __all__ = ["param_groups", "WarmupCosine", "warmup_cosine_schedule", "build_opti
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _scale_of(name: str, lr_scales: dict[str, float]) -> float:
+    """The multiplier of the longest prefix of ``lr_scales`` that ``name`` lies under (1 when none)."""
+    matches = [prefix for prefix in lr_scales if name == prefix or name.startswith(prefix + ".")]
+    return float(lr_scales[max(matches, key=len)]) if matches else 1.0
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None, lr: float = 1.0
+) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices and kernels; none on norms, biases, scalars (e.g. the logit scale)
-    and any parameter marked ``param._no_weight_decay = True``. Frozen parameters are left out."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+    and any parameter marked ``param._no_weight_decay = True``. Frozen parameters are left out.
+
+    Args:
+        lr_scales: LR multiplier per parameter-name prefix (``{"backbones": 0.1}``); parameters scaled by 0 are
+            frozen (``requires_grad`` turned off). Without it, two groups (decay, no decay) with the optimizer's lr.
+        lr: the base learning rate the scales multiply (used only with ``lr_scales``).
+
+    Raises:
+        ConfigError: a prefix names no parameter, or a scale is negative.
+    """
+    lr_scales = dict(lr_scales or {})
+    names = [name for name, _ in model.named_parameters()]
+    for prefix, scale in lr_scales.items():
+        if scale < 0:
+            raise ConfigError(f"optim.lr_scales.{prefix}: a multiplier >= 0, got {scale}")
+        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+            tops = sorted({name.split(".")[0] for name in names})
+            raise ConfigError(f"optim.lr_scales: {prefix!r} names no parameter; modules: {', '.join(tops)}")
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, param in model.named_parameters():
+        scale = _scale_of(name, lr_scales)
+        if scale == 0:
+            param.requires_grad_(False)
         if not param.requires_grad:
             continue
         skip = param.ndim <= 1 or getattr(param, "_no_weight_decay", False)
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((not skip, scale), []).append(param)
+    out = []
+    for (decay, scale), params in groups.items():
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if lr_scales:
+            group["lr"] = lr * scale
+        if params or scale == 1.0:
+            out.append(group)
+    return out
 
 
 @dataclass
@@ -69,7 +104,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     default is the per-parameter loop, 3-4x slower on one thread (``benchmarks/pretrain_step.py``, ratio (c)).
     The parameters may move between these devices afterwards (``accelerator.prepare``).
     """
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr_scales, cfg.lr)
     params = [p for group in groups for p in group["params"]]
     fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)

@@ -253,3 +253,28 @@ def test_device_augmentation_trains_as_loader_augmentation(table, tmp_path, monk
         losses[where] = [step["loss"] for step in _steps(tmp_path / where)]
     assert len(hooked) == len(losses["device"])  # one batch per step, augmented on the device
     assert losses["device"] and losses["device"] == pytest.approx(losses["loader"], rel=1e-4)
+
+
+def test_a_classifier_on_a_frozen_mv_mlm_tower_keeps_it_and_its_bundle_needs_no_pretraining_files(
+    table, random_checkpoint, tmp_path
+):
+    import shutil
+
+    import mvmlm
+    from mvmlm.models.mvclip import load_image_tower
+
+    tower = Path(shutil.copytree(random_checkpoint, tmp_path / "tower"))
+    frozen = ["train.epochs=1", *SMALL, f"model.checkpoint={tower}", "optim.lr_scales={backbones: 0.0}"]
+    main(_args(table, tmp_path / "run", *frozen))
+    trained = load_classifier(tmp_path / "run" / "best")[0]
+    pretrained = dict(load_image_tower(tower).named_parameters())
+    for name, param in trained.backbones["all"].tower.named_parameters():
+        assert torch.equal(param, pretrained[name]), name  # scale 0: the tower's weights are kept
+    assert (tmp_path / "run" / "best" / "encoder" / "config.yaml").is_file()
+
+    shutil.rmtree(tower)  # the bundle carries the tower's architecture; its weights are the classifier's
+    bundle = mvmlm.load_model(shutil.copytree(tmp_path / "run" / "best", tmp_path / "moved"))
+    images, mask = torch.rand(2, len(VIEWS), 1, 48, 32), torch.ones(2, len(VIEWS), dtype=torch.bool)
+    with torch.no_grad():
+        expected, got = trained(images, mask)["logits"]["label"], bundle.module(images, mask)["logits"]["label"]
+    torch.testing.assert_close(got, expected)

@@ -148,3 +148,21 @@ def test_a_known_tracker_not_installed_is_skipped_with_a_warning(monkeypatch, tm
     with caplog.at_level(logging.WARNING, logger="mvmlm.training"):
         assert tracker_names(["wandb", "none"], tmp_path) == []
     assert "pip install wandb" in caplog.text
+
+
+def test_lr_scales_slow_or_freeze_a_module_and_name_a_prefix_that_matches_nothing():
+    model = _Toy()
+    cfg = OptimConfig(lr=0.1, weight_decay=0.1, lr_scales={"linear": 0.1, "norm": 0.0})
+    optimizer = build_optimizer(model, cfg)
+    lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lrs[id(model.linear.weight)] == pytest.approx(0.01) and lrs[id(model.linear.bias)] == pytest.approx(0.01)
+    assert lrs[id(model.table)] == 0.1 and lrs[id(model.logit_scale)] == 0.1
+    assert id(model.norm.weight) not in lrs and not model.norm.weight.requires_grad  # scale 0: frozen
+    decays = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decays[id(model.linear.weight)] == 0.1 and decays[id(model.linear.bias)] == 0.0
+    with pytest.raises(
+        ConfigError, match="'head' names no parameter; modules: frozen, linear, logit_scale, norm, table"
+    ):
+        build_optimizer(_Toy(), OptimConfig(lr_scales={"head": 0.5}))
+    with pytest.raises(ConfigError, match="a multiplier >= 0"):
+        build_optimizer(_Toy(), OptimConfig(lr_scales={"linear": -1.0}))
