@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         schema.write_table(table, run.file("table.parquet"))
         log.info("3/10 preprocessing %d images into the cache", len(table))
         cached = preprocess_table(table, root, run.file("cache"), params, workers=cfg.workers)
-        failures = len(pd.read_csv(cache_folder(run.file("cache"), params) / FAILURES_FILE))
+        folder = cache_folder(run.file("cache"), params, table)  # this table's: an earlier demo's may lie beside it
+        failures = len(pd.read_csv(folder / FAILURES_FILE))
         log.info("4/10 summary and contact sheet")
         summary = summarize(table, failures)
         from mvmlm.data.contact_sheet import contact_sheet  # torch: only when the demo runs, not for --help
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     with timer.stage("reports"):
         summary["reports"] = write_reports(cfg, run)
     if cfg.model_stages:
-        table = cache_folder(run.file("cache"), params) / TABLE_FILE
+        table = folder / TABLE_FILE
         with timer.stage("pretrain"):
             summary["pretrain"] = pretrain(cfg, run, table, run.file("reports"))
         with timer.stage("probe"):
@@ -296,7 +297,7 @@ def risk(cfg: DemoConfig, run: RunDir, params: PreprocessParams, model_dir: str)
     )
     table = read_source("embed", str(root), seed=cfg.seed)
     preprocess_table(table, root, run.file("cache_embed"), params, workers=cfg.workers)
-    cached = cache_folder(run.file("cache_embed"), params) / TABLE_FILE
+    cached = cache_folder(run.file("cache_embed"), params, table) / TABLE_FILE
     shuffled = cached.with_name("table_shuffled_follow_up.parquet")  # beside the cached images it points at
     shuffled_follow_up(pd.read_parquet(cached), cfg.seed).to_parquet(shuffled, index=False)
     results = {}

@@ -40,6 +40,9 @@ def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch):
     breasts = summary["reports"]["breasts"]
     assert breasts == sum(summary["density"].values()) and summary["reports"]["reports"] == 3 * breasts
     assert set(summary["timings"]) == {"data", "reports"} and summary["report"] == str(out / "report.html")
+    # a rerun with other data into the same folder: the earlier cache lies beside the new one and is not read
+    again = main([f"out={out}", *TINY, "exams=10", "model_stages=false"])
+    assert again["exams"] == 10 and len(list((out / "cache").glob("64x40-*"))) == 2
 
 
 def test_demo_runs_every_stage_into_one_run_directory_and_its_report(tmp_path, capsys):
