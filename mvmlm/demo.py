@@ -202,7 +202,7 @@ def write_reports(cfg: DemoConfig, run: RunDir) -> dict:
     corpus = pd.read_parquet(sorted((out / "parts").glob("part-*.parquet")))
     print(f"\nreports: {len(corpus)} for {corpus.breast_id.nunique()} breasts, e.g.")
     for _, row in corpus.drop_duplicates("breast_id").head(2).iterrows():
-        print(f"  [{row.breast_id}] {row.report}")
+        print(f"  [{row.laterality} breast, {row.split} split] {row.report}")  # no identifiers
     return {
         "reports": int(len(corpus)),
         "breasts": int(corpus.breast_id.nunique()),

@@ -28,7 +28,7 @@ predict_exams: 4
 """
 
 
-def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch):
+def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # outside the checkout: the stage configs come from the source tree
     out = tmp_path / "demo"
     summary = main([f"out={out}", *TINY, "model_stages=false"])
@@ -40,6 +40,8 @@ def test_demo_data_stages_write_their_outputs(tmp_path, monkeypatch):
     breasts = summary["reports"]["breasts"]
     assert breasts == sum(summary["density"].values()) and summary["reports"]["reports"] == 3 * breasts
     assert set(summary["timings"]) == {"data", "reports"} and summary["report"] == str(out / "report.html")
+    printed, table = capsys.readouterr().out, pd.read_parquet(out / "table.parquet")
+    assert "FINDINGS" in printed and not [i for i in table.patient_id.astype(str) if i in printed]  # no identifiers
     # a rerun with other data into the same folder: the earlier cache lies beside the new one and is not read
     again = main([f"out={out}", *TINY, "exams=10", "model_stages=false"])
     assert again["exams"] == 10 and len(list((out / "cache").glob("64x40-*"))) == 2

@@ -1,4 +1,5 @@
-"""Contact sheets: a PNG grid of exams, four views each (L-CC, L-MLO, R-CC, R-MLO), labels in the titles."""
+"""Contact sheets: a PNG grid of exams, four views each (L-CC, L-MLO, R-CC, R-MLO), labels in the titles (exams are
+numbered; no identifier is drawn)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def contact_sheet(cached_table: pd.DataFrame, out: str | Path, *, exams: int = 4
     if table.empty:
         raise ValueError("contact sheet: the table holds no exam with a CC or MLO view")
     fig = plt.figure(figsize=(8, 2.8 * len(table)), layout="constrained")
-    for subfig, (_, exam) in zip(np.atleast_1d(fig.subfigures(len(table), 1)), table.iterrows(), strict=True):
-        subfig.suptitle(f"patient {exam['patient_id']}  ({exam['split']})", fontsize=9)
+    rows = enumerate(table.iterrows(), start=1)
+    for subfig, (number, (_, exam)) in zip(np.atleast_1d(fig.subfigures(len(table), 1)), rows, strict=True):
+        # numbered, not named: patient and exam identifiers stay out of the picture (and the pages that embed it)
+        subfig.suptitle(f"exam {number} of {len(table)}  ({exam['split']} split)", fontsize=9)
         for ax, slot in zip(subfig.subplots(1, 4), EXAM_SLOTS, strict=True):
             ax.set_axis_off()
             if exam[f"{slot}_present"]:
