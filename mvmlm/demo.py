@@ -35,8 +35,8 @@ from mvmlm.data import schema
 from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, preprocess_table
 from mvmlm.data.sources import read_source
 from mvmlm.data.synthetic import write_synthetic
+from mvmlm.demo_checks import checks, print_checks
 from mvmlm.models.tiny_text import write_tiny_text_model
-from mvmlm.report.evidence import above_chance, fmt, fmt_ci
 from mvmlm.rundir import RunDir
 
 __all__ = ["DemoConfig", "main"]
@@ -50,8 +50,6 @@ STAGE_CONFIGS = {
     "risk": "configs/risk/demo.yaml",
     "ablation": "configs/pretrain/grid_demo.yaml",
 }
-#: AUC at or above which two encoders count as tied at the ceiling (the check says so instead of "not above")
-CEILING = 0.98
 STAGE_RUNS = [*STAGE_CONFIGS, "risk_shuffled", "bundle", "predict", "data_predict"]  # run folders the demo replaces
 
 
@@ -360,56 +358,3 @@ def predict(cfg: DemoConfig, run: RunDir, model: Path) -> dict:
     print(breasts[columns].head(cfg.show_predictions).to_string(index=False, na_rep="", float_format="{:.3f}".format))
     print(f"  heatmaps of every view: {out / 'heatmaps'}")
     return {"run": str(out), "bundle": str(bundle), "rows": int(len(rows)), "skipped": int(len(skipped))}
-
-
-def _check(stage: str, claim: str, value: float, low: float, high: float, chance: float, baseline=None) -> dict:
-    """One row of the demo's checks: the number with its CI, and whether it beats chance (and ``baseline``)."""
-    verdict = above_chance(value, low, high, chance)
-    ok, words = verdict.ok, verdict.words
-    if baseline is not None:
-        name, reference = baseline
-        if min(value, reference) >= CEILING:
-            ok = False
-            words = f"NOT told apart from {name} ({fmt(reference)}): both at the ceiling, the task is too easy here"
-        elif value > reference:
-            words += f"; above {name} ({fmt(reference)})"
-        elif ok:
-            ok, words = False, f"signal NOT shown: above chance ({chance:.3f}), but NOT above {name} ({fmt(reference)})"
-        else:
-            words += f"; NOT above {name} ({fmt(reference)})"
-    return {"stage": stage, "claim": claim, "value": fmt_ci(value, low, high), "ok": bool(ok), "words": words}
-
-
-def checks(summary: dict) -> list[dict]:
-    """Each signal the synthetic truth plants, measured on held-out data (nothing here is tuned on it)."""
-    from mvmlm.report.evidence import wilson_interval
-
-    found = []
-    after = summary["pretrain"]["after"]
-    for key, direction in (("i2t_R@5", "image->text"), ("t2i_R@5", "text->image")):
-        n = int(after["breasts"])
-        low, high = wilson_interval(round(after[key] * n), n)
-        found.append(_check("pretrain", f"held-out {direction} R@5", after[key], low, high, after["chance_R@5"]))
-    results = pd.DataFrame(summary["probe"]["results"])
-    means = results.groupby(["task", "fraction", "encoder"])[["auc", "auc_low", "auc_high"]].mean()
-    for (task, fraction, encoder), row in means.iterrows():
-        if encoder == "random" or fraction < 0.1:
-            continue
-        random = means.loc[(task, fraction, "random"), "auc"]
-        claim = f"{task} AUC, {fraction:.0%} of training patients"
-        found.append(_check("probe", claim, row.auc, row.auc_low, row.auc_high, 0.5, ("random init", random)))
-    for task, sides in summary["multiview"]["test"]["tasks"].items():
-        pooled = sides["pooled"]
-        found.append(_check("multiview", f"test {task} AUC", pooled["auc"], pooled["auc_low"], pooled["auc_high"], 0.5))
-    for model, values in summary["risk"]["models"].items():
-        c, shuffled = values["harrell_c"], summary["risk"]["shuffled"].get(model)  # the control may fit fewer inputs
-        control = ("shuffled control", shuffled["harrell_c"]["value"]) if shuffled else None
-        found.append(_check("risk", f"{model} Harrell's C", c["value"], c["low"], c["high"], 0.5, control))
-    return found
-
-
-def print_checks(found: list[dict]) -> None:
-    print("\ndoes each stage show its planted signal? (95 % CIs on held-out data)")
-    for check in found:
-        mark = "yes" if check["ok"] else "NO "
-        print(f"  {mark} {check['stage']:<9} {check['claim']:<42} {check['value']}  {check['words']}")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from mvmlm.config import ConfigError
-from mvmlm.demo import _check, main, shuffled_follow_up
+from mvmlm.demo import main, shuffled_follow_up
+from mvmlm.demo_checks import check
 
 TINY = ["exams=8", "source_height=96", "source_width=64", "height=64", "width=40", "workers=1", "contact_exams=2"]
 #: every model stage at its smallest: the wiring, not the figures
@@ -122,11 +123,11 @@ def test_a_missing_stage_config_fails_before_anything_is_written(tmp_path):
 
 
 def test_a_check_says_whether_the_pretrained_encoder_beats_its_baseline_and_names_a_tie_at_the_ceiling():
-    above = _check("probe", "mass AUC", 0.9, 0.8, 0.97, 0.5, ("random init", 0.7))
+    above = check("probe", "mass AUC", 0.9, 0.8, 0.97, 0.5, ("random init", 0.7))
     assert above["ok"] and "above random init (0.700)" in above["words"]
-    below = _check("probe", "mass AUC", 0.7, 0.6, 0.8, 0.5, ("random init", 0.9))
+    below = check("probe", "mass AUC", 0.7, 0.6, 0.8, 0.5, ("random init", 0.9))
     assert not below["ok"] and "NOT above random init (0.900)" in below["words"]
-    tie = _check("probe", "density AUC", 0.99, 0.97, 1.0, 0.5, ("random init", 1.0))
+    tie = check("probe", "density AUC", 0.99, 0.97, 1.0, 0.5, ("random init", 1.0))
     assert not tie["ok"] and "both at the ceiling" in tie["words"]
-    noisy = _check("probe", "mass AUC", 0.62, 0.45, 0.8, 0.5, ("random init", 0.55))
+    noisy = check("probe", "mass AUC", 0.62, 0.45, 0.8, 0.5, ("random init", 0.55))
     assert not noisy["ok"] and "includes it" in noisy["words"] and "above random init" in noisy["words"]

@@ -247,6 +247,7 @@ class Engine:
                 "batch_size": batch_size,
                 "accum_steps": k,
                 "batches_per_epoch": len(train_loader),
+                "lr_scales": {k: float(v) for k, v in sorted(self.optim.lr_scales.items())},  # the optimizer groups
                 **(layout or {}),
             }
         )

@@ -13,13 +13,14 @@ __all__ = ["Best", "TrainState", "check_layout"]
 
 def check_layout(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to continue a training state written with another ``layout`` (the data position would mean other
-    batches), naming what changed."""
-    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    batches; other optimizer groups would take the saved learning rates), naming what changed. A key the checkpoint
+    does not record (written before the key existed) is not compared."""
+    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
     if changed:
         detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
         raise ConfigError(
             f"cannot resume: the checkpoint was written with another layout ({detail}); "
-            "resume with the same number of processes, batch size and accumulation"
+            "resume with the number of processes, batch size, accumulation and optim.lr_scales it was written with"
         )
 
 

@@ -301,3 +301,12 @@ def test_a_resumed_fit_writes_the_continuing_records_once_its_checkpoint_is_acce
     engine.fit(model, loader, loss=loss)
     assert seen and set(seen) == {1}
     assert "the second invocation starts" in (tmp_path / "log.txt").read_text()
+
+
+def test_resuming_with_other_lr_scales_is_refused_naming_them(tmp_path):
+    engine, model, loader = make(tmp_path, epochs=1)
+    engine.fit(model, loader, loss=cross_entropy)
+    optim = OptimConfig(lr=0.05, warmup_steps=0, lr_scales={"bias": 0.0})
+    resumed = Engine(TrainConfig(epochs=2, device="cpu", progress=False, resume="latest"), optim, tmp_path)
+    with pytest.raises(ConfigError, match=r"lr_scales: \{\} -> \{'bias': 0.0\}"):
+        resumed.fit(nn.Linear(4, 2), loader, loss=cross_entropy)
