@@ -23,7 +23,8 @@ from mvmlm.data.dicom import read_mammogram
 from mvmlm.data.exams import build_breasts
 from mvmlm.data.preprocess import PreprocessParams, preprocess_image
 from mvmlm.data.synthetic import write_synthetic
-from mvmlm.inference.predict import cache_values, forward_threads, predict_paths
+from mvmlm.inference.predict import predict_paths
+from mvmlm.inference.views import cache_values, forward_threads
 
 TARGET = 1.15
 

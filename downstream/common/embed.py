@@ -36,6 +36,7 @@ from mvmlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_path
 from mvmlm.config import ConfigError
 from mvmlm.data.exams import BREAST_SLOTS
 from mvmlm.data.preprocess import NotCachedError, load_cached
+from mvmlm.inference.views import resolve_device
 from mvmlm.models.image_encoders import ImageEncoder, create_image_encoder, image_encoder_accepts
 from mvmlm.models.mvclip import ImageTower, load_image_tower
 from mvmlm.registry import Registry
@@ -49,7 +50,6 @@ __all__ = [
     "build_backbone",
     "build_feature_encoder",
     "encoder_fingerprint",
-    "resolve_device",
     "Embeddings",
     "image_embeddings",
     "pool_views",
@@ -189,13 +189,6 @@ def _timm_fingerprint(cfg: EncoderConfig) -> dict:
 
 register_source("mvclip", _mvclip, _mvclip_fingerprint)
 register_source("timm", _timm, _timm_fingerprint)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

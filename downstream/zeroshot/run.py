@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from downstream.common.embed import EncoderConfig, breast_embeddings, image_embeddings, resolve_device
+from downstream.common.embed import EncoderConfig, breast_embeddings, image_embeddings
 from downstream.common.tasks import Task, get_tasks, load_breasts
 from downstream.zeroshot import COMMAND
 from downstream.zeroshot.config import ZeroShotConfig
@@ -25,6 +25,7 @@ from mvmlm.checkpoint import load_checkpoint_config
 from mvmlm.config import ConfigError
 from mvmlm.data.preprocess import read_cached_table
 from mvmlm.evaluation import Evaluation, pivot_markdown, report
+from mvmlm.inference.views import resolve_device
 from mvmlm.inference.zeroshot import DEFAULT_PROMPTS, class_embeddings, zero_shot_scores
 from mvmlm.models.mvclip import MVCLIP, MVCLIPConfig
 from mvmlm.models.text_encoders import FrozenTextEncoder

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mvmlm.bundle import Bundle, load_model
-from mvmlm.inference.predict import (
-    NothingPredictedError,
-    ViewsDataset,
-    collate_views,
-    forward_threads,
-    load_units,
-    resolve_device,
-)
+from mvmlm.inference.views import NothingPredictedError, load_units, resolve_device, view_batches
 
 __all__ = ["Embedding", "embed_paths", "main"]
 
@@ -52,43 +43,35 @@ def embed_paths(
     units = load_units([paths] if isinstance(paths, str) else list(paths), "breast", root)
     skipped, records = list(units.inputs.skipped), []
     if len(units.rows):
-        loader = DataLoader(
-            ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate_views,
-        )
         target = resolve_device(device)
-        bundle.module.to(target).eval()
-        with forward_threads(target, workers):
-            for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-                skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
-                if not batch["index"]:
-                    continue
-                mask = batch["mask"]
-                flat = bundle.embed_images(batch["images"].flatten(0, 1)[mask.flatten()].to(target)).float().cpu()
-                views = flat.new_zeros(mask.numel(), flat.shape[-1])
-                views[mask.flatten()] = flat
-                views = views.view(*mask.shape, -1)
-                for b, i in enumerate(batch["index"]):
-                    unit = units.rows.iloc[i]
-                    ids = {k: unit[k] for k in ("dataset", "patient_id", "exam_id", "laterality")}
-                    for k, slot in enumerate(units.slots):
-                        if mask[b, k]:
-                            image = unit[f"{slot}_image_id"]
-                            records.append(
-                                {
-                                    "level": "view",
-                                    **ids,
-                                    "slot": slot,
-                                    "image_id": image,
-                                    "embedding": views[b, k].tolist(),
-                                }
-                            )
-                    pooled = views[b][mask[b]].mean(dim=0)
-                    records.append(
-                        {"level": "breast", **ids, "slot": None, "image_id": None, "embedding": pooled.tolist()}
-                    )
+        batches = view_batches(
+            bundle,
+            units,
+            target,
+            skipped,
+            batch_size=batch_size,
+            workers=workers,
+            allow_for_processing=allow_for_processing,
+            desc="embed",
+            progress=progress,
+        )
+        for batch in batches:
+            mask = batch["mask"]
+            flat = bundle.embed_images(batch["images"].flatten(0, 1)[mask.flatten()].to(target)).float().cpu()
+            views = flat.new_zeros(mask.numel(), flat.shape[-1])
+            views[mask.flatten()] = flat
+            views = views.view(*mask.shape, -1)
+            for b, i in enumerate(batch["index"]):
+                unit = units.rows.iloc[i]
+                ids = {k: unit[k] for k in ("dataset", "patient_id", "exam_id", "laterality")}
+                for k, slot in enumerate(units.slots):
+                    if mask[b, k]:
+                        image = unit[f"{slot}_image_id"]
+                        records.append(
+                            {"level": "view", **ids, "slot": slot, "image_id": image, "embedding": views[b, k].tolist()}
+                        )
+                pooled = views[b][mask[b]].mean(dim=0)
+                records.append({"level": "breast", **ids, "slot": None, "image_id": None, "embedding": pooled.tolist()})
     return Embedding(pd.DataFrame(records), pd.DataFrame(skipped, columns=["path", "reason"]))
 
 

@@ -8,7 +8,7 @@ embedding, or without a prompt one map per zero-shot class (its prompt ensemble'
 :func:`mvmlm.inference.zeroshot.prompts_for`), the files then named ``<unit>_<slot>_<task>_<class>``. Every map is
 ``(H, W)`` in [0, 1] in the pixels of the preprocessed view (the image the model reads).
 
-Images are read as ``mvmlm predict`` reads them (:class:`~mvmlm.inference.predict.ViewsDataset`). ``OUT`` gets one
+Images are read as ``mvmlm predict`` reads them (:class:`~mvmlm.inference.views.ViewsDataset`). ``OUT`` gets one
 ``<unit>_<slot>.png`` overlay and ``<unit>_<slot>.npy`` map per view and ``explanations.csv`` (one row per view:
 unit index, slot, laterality, view, image id, target, score, attention, the two file names) plus ``skipped.csv``.
 """
@@ -32,11 +32,9 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mvmlm.bundle import Bundle, BundleError, load_model
-from mvmlm.inference.predict import NothingPredictedError, ViewsDataset, collate_views, load_units, resolve_device
+from mvmlm.inference.views import NothingPredictedError, load_units, resolve_device, view_batches
 from mvmlm.inference.zeroshot import class_embeddings, prompts_for
 from mvmlm.models.image_encoders import ImageEncoder
 from mvmlm.registry import Registry
@@ -292,14 +290,19 @@ def explain_paths(
     maps: list[np.ndarray] = []
     images: list[np.ndarray] = []
     if len(units.rows):
-        dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_views)
         target = resolve_device(device)
-        bundle.module.to(target).eval()
-        for batch in tqdm(loader, desc="explain", unit="batch", disable=not progress):
-            skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
-            if not batch["index"]:
-                continue
+        batches = view_batches(
+            bundle,
+            units,
+            target,
+            skipped,
+            batch_size=batch_size,
+            workers=workers,
+            allow_for_processing=allow_for_processing,
+            desc="explain",
+            progress=progress,
+        )
+        for batch in batches:
             batch_images = batch["images"].to(target)
             for view_map in explain_views(bundle, batch_images, batch["mask"].to(target), method, **options):
                 unit = units.rows.iloc[batch["index"][view_map.row]]

@@ -133,7 +133,7 @@ def test_the_forward_leaves_a_core_to_each_decoding_worker_and_restores_torch_th
 
     import torch
 
-    from mvmlm.inference.predict import forward_threads
+    from mvmlm.inference.views import forward_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
     before = torch.get_num_threads()
