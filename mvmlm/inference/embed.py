@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from mvmlm.bundle import Bundle, load_model
-from mvmlm.inference.views import NothingPredictedError, load_units, resolve_device, view_batches
+from mvmlm.inference.views import NothingPredictedError, ReadOptions, load_units, view_batches
 
 __all__ = ["Embedding", "embed_paths", "main"]
 
@@ -40,21 +40,12 @@ def embed_paths(
     progress: bool = False,
 ) -> Embedding:
     """Embeddings of every view and breast of ``paths`` and the files skipped, with their reasons."""
-    units = load_units([paths] if isinstance(paths, str) else list(paths), "breast", root)
+    units = load_units(paths, "breast", root)
     skipped, records = list(units.inputs.skipped), []
     if len(units.rows):
-        target = resolve_device(device)
-        batches = view_batches(
-            bundle,
-            units,
-            target,
-            skipped,
-            batch_size=batch_size,
-            workers=workers,
-            allow_for_processing=allow_for_processing,
-            desc="embed",
-            progress=progress,
-        )
+        read = ReadOptions(device, batch_size, workers, allow_for_processing, progress)
+        target = read.target()
+        batches = view_batches(bundle, units, skipped, read, desc="embed")
         for batch in batches:
             mask = batch["mask"]
             flat = bundle.embed_images(batch["images"].flatten(0, 1)[mask.flatten()].to(target)).float().cpu()

@@ -34,7 +34,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from mvmlm.bundle import Bundle, BundleError, load_model
-from mvmlm.inference.views import NothingPredictedError, load_units, resolve_device, view_batches
+from mvmlm.inference.views import NothingPredictedError, ReadOptions, load_units, view_batches
 from mvmlm.inference.zeroshot import class_embeddings, prompts_for
 from mvmlm.models.image_encoders import ImageEncoder
 from mvmlm.registry import Registry
@@ -284,24 +284,15 @@ def explain_paths(
     **options: Any,
 ) -> Explanation:
     """Heatmaps of every view of ``paths`` (DICOM files, folders or a table); ``options`` as :func:`explain_views`."""
-    units = load_units([paths] if isinstance(paths, str) else list(paths), bundle.level, root)
+    units = load_units(paths, bundle.level, root)
     skipped = list(units.inputs.skipped)
     rows: list[dict[str, Any]] = []
     maps: list[np.ndarray] = []
     images: list[np.ndarray] = []
     if len(units.rows):
-        target = resolve_device(device)
-        batches = view_batches(
-            bundle,
-            units,
-            target,
-            skipped,
-            batch_size=batch_size,
-            workers=workers,
-            allow_for_processing=allow_for_processing,
-            desc="explain",
-            progress=progress,
-        )
+        read = ReadOptions(device, batch_size, workers, allow_for_processing, progress)
+        target = read.target()
+        batches = view_batches(bundle, units, skipped, read, desc="explain")
         for batch in batches:
             batch_images = batch["images"].to(target)
             for view_map in explain_views(bundle, batch_images, batch["mask"].to(target), method, **options):

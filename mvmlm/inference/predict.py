@@ -27,7 +27,7 @@ import torch
 from mvmlm.bundle import Bundle, load_model
 from mvmlm.config import ConfigError
 from mvmlm.inference.rois import RoiError, read_rois
-from mvmlm.inference.views import NothingPredictedError, Units, load_units, resolve_device, view_batches
+from mvmlm.inference.views import NothingPredictedError, ReadOptions, Units, load_units, view_batches
 from mvmlm.inference.zeroshot import ZeroShotClassifier, prompts_for, supports_zero_shot
 
 __all__ = [
@@ -139,7 +139,7 @@ def predict_paths(
             f"a {bundle.kind} bundle predicts from lesion crops: give --rois FILE.csv (columns image, xmin, ymin, "
             "xmax, ymax: a box per image, in pixels of the DICOM image)"
         )
-    units = load_units([paths] if isinstance(paths, str) else list(paths), bundle.level, root)
+    units = load_units(paths, bundle.level, root)
     if bundle.needs_rois and units.inputs.cached:
         raise RoiError(
             f"a {bundle.kind} bundle crops lesions from the DICOM files: give files, folders or a canonical "
@@ -152,18 +152,9 @@ def predict_paths(
         skipped += refused
     if len(units.rows):
         boxes = read_rois(rois) if bundle.needs_rois else None
-        target = resolve_device(device)
-        batches = view_batches(
-            bundle,
-            units,
-            target,
-            skipped,
-            batch_size=batch_size,
-            workers=workers,
-            allow_for_processing=allow_for_processing,
-            rois=boxes,
-            progress=progress,
-        )
+        read = ReadOptions(device, batch_size, workers, allow_for_processing, progress)
+        target = read.target()
+        batches = view_batches(bundle, units, skipped, read, rois=boxes)
         for batch in batches:
             crops = {"crops": (batch["crops"].to(target), batch["crop_mask"].to(target))} if boxes else {}
             extra = bundle.unit_inputs(units.rows.iloc[batch["index"]])

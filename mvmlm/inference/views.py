@@ -40,6 +40,7 @@ __all__ = [
     "collate_views",
     "resolve_device",
     "forward_threads",
+    "ReadOptions",
     "view_batches",
 ]
 
@@ -62,9 +63,9 @@ class Units:
     inputs: Inputs
 
 
-def load_units(paths: Sequence[str], level: str, root: str = "") -> Units:
-    """The breasts (``level="breast"``) or exams of ``paths``."""
-    inputs = collect(list(paths), root)
+def load_units(paths: Sequence[str] | str, level: str, root: str = "") -> Units:
+    """The breasts (``level="breast"``) or exams of ``paths`` (DICOM files, folders or tables)."""
+    inputs = collect([paths] if isinstance(paths, str) else list(paths), root)
     if inputs.images.empty:
         return Units(pd.DataFrame(), (), inputs)
     if level == "exam":
@@ -174,27 +175,39 @@ def forward_threads(device: torch.device, workers: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How the views are read and batched, and where the model runs (the options ``predict``, ``embed`` and
+    ``explain`` share)."""
+
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda:1 ...
+    batch_size: int = 8
+    workers: int = 2  # DataLoader processes decoding DICOM files
+    allow_for_processing: bool = False  # also read DICOM images marked "FOR PROCESSING"
+    progress: bool = False
+
+    def target(self) -> torch.device:
+        return resolve_device(self.device)
+
+
 def view_batches(
     bundle: Bundle,
     units: Units,
-    device: torch.device,
     skipped: list[dict[str, str]],
+    options: ReadOptions,
     *,
-    batch_size: int,
-    workers: int,
-    allow_for_processing: bool = False,
     rois: Rois | None = None,
     desc: str = "predict",
-    progress: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Batches (:func:`collate_views`) of ``units`` holding at least one usable unit, with the bundle's module in
-    eval mode on ``device`` (CPU threads left to the decoding workers: :func:`forward_threads`); every file that
-    could not be read is appended to ``skipped`` as ``{"path", "reason"}``."""
-    dataset = ViewsDataset(units, bundle.preprocessing, bundle, allow_for_processing, rois)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_views)
+    eval mode on ``options.target()`` (CPU threads left to the decoding workers: :func:`forward_threads`); every
+    file that could not be read is appended to ``skipped`` as ``{"path", "reason"}``."""
+    dataset = ViewsDataset(units, bundle.preprocessing, bundle, options.allow_for_processing, rois)
+    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=options.workers, collate_fn=collate_views)
+    device = options.target()
     bundle.module.to(device).eval()
-    with forward_threads(device, workers):
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    with forward_threads(device, options.workers):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not options.progress):
             skipped += [{"path": path, "reason": reason} for path, reason in batch["errors"]]
             if batch["index"]:
                 yield batch
