@@ -345,7 +345,7 @@ def read_cached_table(path: str | Path) -> pd.DataFrame:
 @dataclass
 class PreprocessConfig(PreprocessParams):
     table: str = MISSING  # canonical table (parquet) from `mvmlm tables`
-    root: str = MISSING  # dataset root; the table's paths are relative to it
+    root: str = ""  # dataset root; the table's paths are relative to it (not read by merge=true)
     out: str = MISSING  # cache root; one sub-folder per parameter set and table
     workers: int = 1  # worker processes decoding images (a crashing decoder kills only its worker)
     timeout: float = DEFAULT_TIMEOUT  # seconds per image before its worker is killed and the image failed
@@ -377,7 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = PREPROCESS.parse(argv)
     params = PreprocessParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PreprocessParams)})
     table = schema.check(schema.conform(schema.read_table(cfg.table)), cfg.table)
-    if not Path(cfg.root).is_dir():
+    if not cfg.merge and not cfg.root:
+        raise ConfigError("key 'root': the dataset root the table's paths are relative to (only merge=true needs none)")
+    if not cfg.merge and not Path(cfg.root).is_dir():
         raise FileNotFoundError(f"key 'root': dataset root not found: {cfg.root}")
     folder = cache_folder(cfg.out, params, table)
     sharded = cfg.num_shards > 1 and not cfg.merge

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mvmlm.cli import main as mvmlm
+from mvmlm.config import ConfigError
 from mvmlm.data import schema
 from mvmlm.data.preprocess import (
     FAILURES_FILE,
@@ -60,7 +61,8 @@ def test_merged_shards_equal_a_single_run_rows_and_files_byte_for_byte(vindr_wit
     shards = _run_shards(args, tmp_path / "three", 3)
     assert all(s["images"] > 0 for s in shards) and sum(s["images"] for s in shards) == len(table)
     assert sum(s["failures"] for s in shards) == 1 and shards[0]["shard"] == "0/3"
-    merged = main([*args, f"--out={tmp_path / 'three'}", "--merge"])
+    without_root = [a for a in args if not a.startswith("--root=")]  # merging reads no dataset file
+    merged = main([*without_root, f"--out={tmp_path / 'three'}", "--merge"])
     assert {k: v for k, v in merged.items() if k not in ("folder", "table")} == {
         k: v for k, v in single.items() if k not in ("folder", "table")
     }
@@ -169,7 +171,12 @@ def test_shards_are_a_stable_partition_of_the_images(vindr_with_a_missing_file):
 
 @pytest.mark.parametrize(("shard_id", "num_shards", "key"), [(2, 2, "shard_id"), (0, 0, "num_shards")])
 def test_bad_shard_numbers_are_config_errors_naming_the_key(shard_id, num_shards, key):
-    from mvmlm.config import ConfigError
-
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         check_shard(shard_id, num_shards)
+
+
+def test_caching_without_a_dataset_root_is_a_config_error_naming_the_key(vindr_with_a_missing_file, tmp_path):
+    args, _ = vindr_with_a_missing_file
+    with pytest.raises(ConfigError, match="key 'root'"):
+        main([*[a for a in args if not a.startswith("--root=")], f"--out={tmp_path / 'cache'}"])
+    assert not (tmp_path / "cache").exists()
