@@ -168,7 +168,7 @@ def _encoder_name(bundle: Bundle) -> str:
 
 def _unexportable(model: nn.Module) -> str:
     """Why ``model`` cannot be exported ('' if nothing is known against it)."""
-    from mvmlm.models.mambavision import MambaMixer
+    from mvmlm.models.mambavision_blocks import MambaMixer
     from mvmlm.models.ss2d import SS2D
 
     if any(isinstance(m, (SS2D, MambaMixer)) for m in model.modules()):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mvmlm.models.image_encoders import create_image_encoder
-from mvmlm.models.mambavision import SIZES, HybridStage, MambaVisionHybrid, window_partition, window_reverse
+from mvmlm.models.mambavision import SIZES, MambaVisionHybrid
+from mvmlm.models.mambavision_blocks import HybridStage, window_partition, window_reverse
 
 TINY = dict(depths=[1, 1, 2, 2], dim=8, in_dim=4, heads=[1, 1, 2, 2], drop_path_rate=0.0)
 
