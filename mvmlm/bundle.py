@@ -9,7 +9,8 @@ A bundle directory holds the model's own files (``model.safetensors`` and its ``
 arrays in safetensors + JSON; never a pickle), ``config.json`` (format version, ``kind``, the model config, its
 heads and class names, the image preprocessing it was trained with, the model card's facts), ``manifest.json``
 (format version, kind and the sha256 of every file but the card) and ``README.md`` (the model card, generated).
-A missing or altered file, or a newer format version, is refused with one line naming the file.
+A missing or altered file, or a newer format version, is refused with one line naming the file (the manifest, its
+check and where a bundle lies: :mod:`mvmlm.bundle_files`).
 
 The class of a bundle is found by its ``kind`` through the entry-point group ``mvmlm.models`` (pyproject.toml), so
 this core module names no application class. This module imports neither torch nor an application package.
@@ -18,20 +19,26 @@ this core module names no application class. This module imports neither torch n
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import re
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub import ModelCard, ModelHubMixin
 
 from mvmlm.bundle_card import ModelCardInfo, format_ci, model_card
-from mvmlm.errors import InputError
+from mvmlm.bundle_files import (
+    CARD_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    BundleError,
+    hashed_files,
+    read_json,
+    read_manifest,
+    resolve_bundle,
+    verify_bundle,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -53,19 +60,9 @@ __all__ = [
     "include_text_encoder",
 ]
 
-#: bump when a bundle written now cannot be read by the code of an earlier version
-FORMAT_VERSION = 1
 ENTRY_POINT_GROUP = "mvmlm.models"
-MANIFEST_NAME = "manifest.json"
 CONFIG_JSON = "config.json"  # huggingface_hub.constants.CONFIG_NAME
-CARD_NAME = "README.md"
 TEXT_ENCODER_DIR = "text_encoder"  # a vendored frozen text encoder (--include-text-encoder)
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name, as the Hub spells it
-_UNHASHED = {MANIFEST_NAME, CARD_NAME}  # the card may be edited on the Hub; the facts it shows are in config.json
-
-
-class BundleError(ValueError, InputError):
-    """A bundle directory cannot be used: a file missing or altered, an unknown kind, a newer format."""
 
 
 def bundle_config(
@@ -122,87 +119,6 @@ def preprocessing_of(table: str | Path) -> dict[str, Any]:
 def _names_cache(folder: Path, params: Any) -> bool:
     """Whether ``folder`` is a cache folder of ``params`` (``<key>`` or ``<key>-<table hash>``)."""
     return folder.name == params.key() or folder.name.startswith(f"{params.key()}-")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _hashed_files(directory: Path) -> dict[str, str]:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {p.relative_to(directory).as_posix(): _sha256(p) for p in files if p.name not in _UNHASHED}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing; not an mvmlm model bundle (or an incomplete copy of one)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of a bundle, its format version checked."""
-    path = Path(directory) / MANIFEST_NAME
-    manifest = _read_json(path)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format {version!r}, this mvmlm reads format {FORMAT_VERSION} and older; upgrade mvmlm"
-        )
-    return manifest
-
-
-def verify_bundle(directory: str | Path) -> dict[str, Any]:
-    """The manifest of ``directory`` after checking every file it lists against its sha256.
-
-    Raises:
-        BundleError: naming the first missing or altered file, or a newer format version.
-    """
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    for name, expected in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the bundle (listed in {MANIFEST_NAME})")
-        if _sha256(path) != expected:
-            raise BundleError(f"{path}: altered (its sha256 differs from the one in {MANIFEST_NAME})")
-    return manifest
-
-
-def resolve_bundle(
-    dir_or_repo_id: str | Path,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    force_download: bool = False,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-) -> Path:
-    """A local bundle directory: ``dir_or_repo_id`` itself, or the Hub cache's snapshot of that repo id (downloaded
-    unless cached; with ``HF_HUB_OFFLINE=1`` only the cache is read)."""
-    if os.path.isdir(dir_or_repo_id):
-        return Path(dir_or_repo_id)
-    if Path(dir_or_repo_id).exists() or not _REPO_ID.fullmatch(str(dir_or_repo_id)):
-        raise BundleError(f"{dir_or_repo_id}: neither a bundle directory nor a Hub repo id (org/name)")
-    try:
-        return Path(
-            snapshot_download(
-                repo_id=str(dir_or_repo_id),
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                local_files_only=local_files_only,
-                token=token,
-            )
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError) as error:
-        raise BundleError(f"{dir_or_repo_id}: not on the Hub nor in its cache ({type(error).__name__})") from error
 
 
 def model_class(kind: str) -> type[Bundle]:
@@ -383,7 +299,7 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
             _write_text_encoder(self.frozen_text_encoder(), directory / TEXT_ENCODER_DIR)
         header = {"format_version": FORMAT_VERSION, "kind": self.kind, "level": self.level}
         (directory / CONFIG_JSON).write_text(json.dumps({**header, **self.config}, indent=2, default=str) + "\n")
-        manifest = {**header, "files": _hashed_files(directory)}
+        manifest = {**header, "files": hashed_files(directory)}
         (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
@@ -409,7 +325,7 @@ class Bundle(ModelHubMixin, library_name="mvmlm", tags=["mammography", "mvmlm"])
         manifest = verify_bundle(directory)
         if manifest.get("kind") != cls.kind:
             raise BundleError(f"{directory / MANIFEST_NAME}: a {manifest.get('kind')!r} bundle, not {cls.kind!r}")
-        stored = _read_json(directory / CONFIG_JSON)
+        stored = read_json(directory / CONFIG_JSON)
         config = {k: v for k, v in stored.items() if k not in ("format_version", "kind", "level")}
         bundle = cls(cls.read_module(directory, config), config)
         if (directory / TEXT_ENCODER_DIR).is_dir():
