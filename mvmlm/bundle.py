@@ -91,7 +91,8 @@ def preprocessing_of(table: str | Path) -> dict[str, Any]:
         BundleError: naming the folder, when neither tells the parameters.
     """
     from mvmlm.config import build_config, config_to_dict
-    from mvmlm.data.preprocess import PreprocessConfig, PreprocessParams, read_cached_table
+    from mvmlm.data.preprocess import PreprocessParams, read_cached_table
+    from mvmlm.data.preprocess_command import PreprocessConfig
 
     table = Path(table)
     folders = [table.parent]

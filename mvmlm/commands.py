@@ -41,8 +41,8 @@ SPLIT = Command(
 PREPROCESS = Command(
     name="preprocess",
     summary="decode, crop and resize images into the 16-bit image cache",
-    main="mvmlm.data.preprocess:main",
-    config="mvmlm.data.preprocess:PreprocessConfig",
+    main="mvmlm.data.preprocess_command:main",
+    config="mvmlm.data.preprocess_command:PreprocessConfig",
     overwritable=False,  # OUT is a root of caches keyed by their inputs: a rerun resumes, it never overwrites
     description="Decodes every DICOM of a canonical table (VOI LUT, MONOCHROME1, chest wall left), crops to the\n"
     "breast, resizes keeping the aspect ratio and caches a 16-bit file per image (cache_format: npy, png16 or\n"

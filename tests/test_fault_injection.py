@@ -32,7 +32,7 @@ from mvmlm import cli
 from mvmlm.config import ConfigError
 from mvmlm.data import schema
 from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE
-from mvmlm.data.preprocess import main as preprocess
+from mvmlm.data.preprocess_command import main as preprocess
 from mvmlm.data.synthetic.truth import sample_exams
 from mvmlm.training import checkpoint_dirs
 from report_synthesis import read_corpus
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_PREPROCESS = """
 import sys, time
 import mvmlm.data.dicom as dicom
-from mvmlm.data.preprocess import main
+from mvmlm.data.preprocess_command import main
 read = dicom.read_mammogram
 dicom.read_mammogram = lambda path, **kw: (time.sleep(0.1), read(path, **kw))[1]
 main(sys.argv[1:])

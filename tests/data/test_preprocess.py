@@ -21,13 +21,13 @@ from mvmlm.data.preprocess import (
     breast_bbox,
     cache_folder,
     load_cached,
-    main,
     preprocess_image,
     preprocess_table,
     read_cached_table,
     resize_pad,
     save_cached,
 )
+from mvmlm.data.preprocess_command import main
 
 SMALL = PreprocessParams(height=48, width=32)
 
@@ -185,7 +185,7 @@ def test_command_with_workers_matches_the_in_process_run(dataset_with_bad_files,
 SLOW_RUN = """
 import sys, time
 import mvmlm.data.dicom as dicom
-from mvmlm.data.preprocess import main
+from mvmlm.data.preprocess_command import main
 read = dicom.read_mammogram
 dicom.read_mammogram = lambda path, **kw: (time.sleep(0.15), read(path, **kw))[1]
 main(sys.argv[1:])

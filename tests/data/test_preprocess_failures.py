@@ -14,7 +14,8 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from mvmlm.batch import TooManyFailuresError
 from mvmlm.cli import main as mvmlm
 from mvmlm.data import dicom, schema
-from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, main, preprocess_table
+from mvmlm.data.preprocess import FAILURES_FILE, TABLE_FILE, PreprocessParams, cache_folder, preprocess_table
+from mvmlm.data.preprocess_command import main
 from mvmlm.data.synthetic.dicom_writer import write_mammogram_dicom
 
 SMALL = PreprocessParams(height=48, width=32)

@@ -17,8 +17,8 @@ from mvmlm.data.preprocess import (
     TABLE_FILE,
     PreprocessParams,
     cache_folder,
-    main,
 )
+from mvmlm.data.preprocess_command import main
 from mvmlm.data.shards import SHARD_FILE, ShardSetError, check_shard, shard_dir, shard_of, shard_rows
 
 SMALL = PreprocessParams(height=48, width=32)
