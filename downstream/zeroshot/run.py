@@ -31,7 +31,7 @@ from mvmlm.models.mvclip import MVCLIP, MVCLIPConfig
 from mvmlm.models.text_encoders import FrozenTextEncoder
 from mvmlm.rundir import RunDir
 
-__all__ = ["ZeroShotConfig", "load_model", "run_zeroshot", "main"]
+__all__ = ["ZeroShotConfig", "load_model", "task_prompts", "run_zeroshot", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def load_model(checkpoint: str, text_model: str = "", device: str = "cpu") -> MV
     return MVCLIP.load(checkpoint, device=device, text_encoder=encoder).eval()
 
 
-def _prompts(task: Task, cfg: ZeroShotConfig) -> list[list[str]]:
+def task_prompts(task: Task, cfg: ZeroShotConfig) -> list[list[str]]:
     """The task's prompt lists in class order: the config's, else the core's defaults for its class names."""
     defaults = DEFAULT_PROMPTS.get(task.name, {})
     prompts = cfg.prompts.get(task.name) or [defaults[c] for c in task.class_names if c in defaults]
@@ -62,7 +62,7 @@ def _prompts(task: Task, cfg: ZeroShotConfig) -> list[list[str]]:
 def run_zeroshot(cfg: ZeroShotConfig, run: RunDir) -> dict:
     """Score every task of ``cfg`` on the evaluation split; returns what ``metrics.json`` holds."""
     tasks = get_tasks(cfg.tasks, cfg.task_classes)
-    prompts = {task.name: _prompts(task, cfg) for task in tasks}
+    prompts = {task.name: task_prompts(task, cfg) for task in tasks}
     breasts = load_breasts(cfg.data)
     encoder = EncoderConfig(source="mvclip", checkpoint=cfg.checkpoint)
     features = breast_embeddings(

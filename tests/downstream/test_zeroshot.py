@@ -9,7 +9,7 @@ import torch
 
 from downstream.common.tasks import get_tasks
 from downstream.zeroshot.config import ZeroShotConfig
-from downstream.zeroshot.run import main
+from downstream.zeroshot.run import main, task_prompts
 from mvmlm.config import ConfigError, build_config
 from mvmlm.inference.zeroshot import zero_shot_scores
 
@@ -73,5 +73,5 @@ def test_prompts_must_match_the_classes(downstream_data, random_checkpoint, tmp_
 @pytest.mark.parametrize("name", ["vindr", "rsna"])
 def test_shipped_configs_give_every_task_its_prompts(name):
     cfg = build_config(ZeroShotConfig, [REPO / f"configs/zeroshot/{name}.yaml"], ["data.table=t", "checkpoint=c"])
-    for task in get_tasks(cfg.tasks, cfg.task_classes):
-        assert len(cfg.prompts[task.name]) == task.num_classes, task.name
+    for task in get_tasks(cfg.tasks, cfg.task_classes):  # the config's prompts, else the core's defaults
+        assert len(task_prompts(task, cfg)) == task.num_classes, task.name
