@@ -11,11 +11,16 @@ from mvmlm.config import ConfigError
 __all__ = ["Best", "TrainState", "check_layout"]
 
 
+#: layout keys added after checkpoints were first written, with the value an older checkpoint implies
+LATER_KEYS: dict[str, Any] = {"lr_scales": {}}
+
+
 def check_layout(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to continue a training state written with another ``layout`` (the data position would mean other
-    batches; other optimizer groups would take the saved learning rates), naming what changed. A key the checkpoint
-    does not record (written before the key existed) is not compared."""
-    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+    batches; other optimizer groups would take the saved learning rates), naming what changed. A checkpoint written
+    before a key of :data:`LATER_KEYS` existed counts as holding that key's value there."""
+    saved = {**LATER_KEYS, **saved}
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
         raise ConfigError(

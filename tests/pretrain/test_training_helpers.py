@@ -166,3 +166,14 @@ def test_lr_scales_slow_or_freeze_a_module_and_name_a_prefix_that_matches_nothin
         build_optimizer(_Toy(), OptimConfig(lr_scales={"head": 0.5}))
     with pytest.raises(ConfigError, match="a multiplier >= 0"):
         build_optimizer(_Toy(), OptimConfig(lr_scales={"linear": -1.0}))
+
+
+def test_a_checkpoint_older_than_a_layout_key_counts_as_its_old_value_and_other_missing_keys_are_refused():
+    older = TrainState(step=3, layout={"num_processes": 1}).state_dict()  # written before lr_scales was recorded
+    plain = TrainState(layout={"num_processes": 1, "lr_scales": {}})
+    plain.load_state_dict(older)
+    assert plain.step == 3
+    with pytest.raises(ValueError, match=r"lr_scales: \{\} -> \{'backbones': 0.1\}"):
+        TrainState(layout={"num_processes": 1, "lr_scales": {"backbones": 0.1}}).load_state_dict(older)
+    with pytest.raises(ValueError, match="batch_size: None -> 8"):
+        TrainState(layout={"num_processes": 1, "batch_size": 8}).load_state_dict(older)
