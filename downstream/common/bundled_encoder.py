@@ -14,9 +14,15 @@ from downstream.common.config import EncoderConfig
 from mvmlm.checkpoint import CONFIG_NAME, atomic_path
 from mvmlm.config import config_to_dict
 
-__all__ = ["ENCODER_DIR", "stored_encoder", "write_architecture", "bundled_encoder_config"]
+__all__ = ["ENCODER_DIR", "tower_architecture", "stored_encoder", "write_architecture", "bundled_encoder_config"]
 
 ENCODER_DIR = "encoder"
+
+
+def tower_architecture(checkpoint: str | Path) -> dict[str, Any]:
+    """The pretraining config of the MV-MLM checkpoint directory ``checkpoint``: what a bundle copies to
+    ``encoder/config.yaml`` (:func:`write_architecture`) to rebuild the tower without the pretraining files."""
+    return config_to_dict(OmegaConf.load(Path(checkpoint) / CONFIG_NAME))
 
 
 def stored_encoder(encoder: EncoderConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -25,7 +31,7 @@ def stored_encoder(encoder: EncoderConfig) -> tuple[dict[str, Any], dict[str, An
     stored = {**config_to_dict(encoder), "init": "random"}
     architecture = None
     if encoder.source == "mvclip":
-        architecture = config_to_dict(OmegaConf.load(Path(encoder.checkpoint) / CONFIG_NAME))
+        architecture = tower_architecture(encoder.checkpoint)
         stored["checkpoint"] = ENCODER_DIR
     return stored, architecture
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from downstream.common.bundled_encoder import ENCODER_DIR, write_architecture
+from downstream.common.bundled_encoder import ENCODER_DIR, tower_architecture, write_architecture
 from downstream.multiview.config import SELECT, MultiviewConfig
 from downstream.multiview.data import (
     ExamSplit,
@@ -207,7 +207,7 @@ def save_bundle(cfg: MultiviewConfig, model: nn.Module, run: RunDir, splits: dic
     )
     stored, architecture = config_to_dict(cfg), None
     if cfg.model.checkpoint:  # the MV-MLM tower's architecture travels with the bundle (its weights are the model's)
-        architecture = config_to_dict(OmegaConf.load(Path(cfg.model.checkpoint) / checkpoint.CONFIG_NAME))
+        architecture = tower_architecture(cfg.model.checkpoint)
         stored["model"]["checkpoint"] = ENCODER_DIR
     preprocessing = preprocessing_of(cfg.data.table)
     config = bundle_config(stored, class_names(cfg.task), preprocessing, card, encoder_config=architecture)

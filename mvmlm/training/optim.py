@@ -17,9 +17,14 @@ __all__ = ["param_groups", "WarmupCosine", "warmup_cosine_schedule", "build_opti
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
+def _under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or lies in the module ``prefix``."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def _scale_of(name: str, lr_scales: dict[str, float]) -> float:
     """The multiplier of the longest prefix of ``lr_scales`` that ``name`` lies under (1 when none)."""
-    matches = [prefix for prefix in lr_scales if name == prefix or name.startswith(prefix + ".")]
+    matches = [prefix for prefix in lr_scales if _under(name, prefix)]
     return float(lr_scales[max(matches, key=len)]) if matches else 1.0
 
 
@@ -42,7 +47,7 @@ def param_groups(
     for prefix, scale in lr_scales.items():
         if scale < 0:
             raise ConfigError(f"optim.lr_scales.{prefix}: a multiplier >= 0, got {scale}")
-        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+        if not any(_under(name, prefix) for name in names):
             tops = sorted({name.split(".")[0] for name in names})
             raise ConfigError(f"optim.lr_scales: {prefix!r} names no parameter; modules: {', '.join(tops)}")
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
