@@ -4,7 +4,6 @@ imports neither torch nor an application package."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,13 +14,13 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from mvmlm.errors import InputError
+from mvmlm.sweep import file_digest
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "CARD_NAME",
     "BundleError",
-    "sha256_of",
     "hashed_files",
     "read_json",
     "read_manifest",
@@ -41,19 +40,10 @@ class BundleError(ValueError, InputError):
     """A bundle directory cannot be used: a file missing or altered, an unknown kind, a newer format."""
 
 
-def sha256_of(path: Path) -> str:
-    """The file's sha256, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hashed_files(directory: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``directory`` but hidden ones, the manifest and the card."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {p.relative_to(directory).as_posix(): sha256_of(p) for p in files if p.name not in _UNHASHED}
+    return {p.relative_to(directory).as_posix(): file_digest(p) for p in files if p.name not in _UNHASHED}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -90,7 +80,7 @@ def verify_bundle(directory: str | Path) -> dict[str, Any]:
         path = directory / name
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in {MANIFEST_NAME})")
-        if sha256_of(path) != expected:
+        if file_digest(path) != expected:
             raise BundleError(f"{path}: altered (its sha256 differs from the one in {MANIFEST_NAME})")
     return manifest
 

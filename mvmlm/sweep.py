@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = [
     "file_digest",
     "settings_key",
     "claim_unit",
+    "unit_matches",
+    "launch_processes",
     "FinishedRuns",
 ]
 
@@ -74,14 +77,25 @@ def claim_unit(workdir: str | Path, settings: dict[str, Any], *, main_process: b
         Whether ``workdir`` already held this unit with the same settings (its state may be continued).
     """
     workdir = Path(workdir)
-    stamp, key = workdir / UNIT_SETTINGS, settings_key(settings)
-    same = stamp.is_file() and json.loads(stamp.read_text())["key"] == key
+    same = unit_matches(workdir, settings)
     if main_process and not same:
         if workdir.exists():
             log.warning("%s was trained with other settings; training it again", workdir)
             shutil.rmtree(workdir)
-        RunDir(workdir).write_json(UNIT_SETTINGS, {"key": key, "settings": settings})
+        RunDir(workdir).write_json(UNIT_SETTINGS, {"key": settings_key(settings), "settings": settings})
     return same
+
+
+def unit_matches(workdir: str | Path, settings: dict[str, Any]) -> bool:
+    """Whether ``workdir`` records a unit trained with ``settings`` (read only; :func:`claim_unit` also claims)."""
+    stamp = Path(workdir) / UNIT_SETTINGS
+    return stamp.is_file() and json.loads(stamp.read_text())["key"] == settings_key(settings)
+
+
+def launch_processes() -> int:
+    """Processes of the current launch (``WORLD_SIZE``; 1 outside ``accelerate launch`` / torchrun): part of a unit's
+    settings, since batch sizes are per process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class FinishedRuns:

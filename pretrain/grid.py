@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,14 @@ from mvmlm.cli import commands
 from mvmlm.config import ConfigError, config_file, config_to_dict
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import UNIT_SETTINGS, claim_unit, file_digest, settings_key, shaping_settings
+from mvmlm.sweep import (
+    claim_unit,
+    file_digest,
+    launch_processes,
+    settings_key,
+    shaping_settings,
+    unit_matches,
+)
 from pretrain.grid_config import PROTOCOLS, GridEncoder, GridEvaluation, GridVariant, PretrainGridConfig
 
 __all__ = [
@@ -150,7 +156,7 @@ def unit_settings(command: str, argv: list[str], contents: dict[str, str]) -> di
     (``contents``: path -> content key, e.g. a table's digest, a model's pretraining key) and the number of processes
     (batch sizes are per process)."""
     settings = shaping_settings(config_to_dict(commands()[command].parse(argv)), UNSHAPING)
-    return {**_by_content(settings, contents), "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    return {**_by_content(settings, contents), "processes": launch_processes()}
 
 
 class _Units:
@@ -168,9 +174,7 @@ class _Units:
         """The unit's ``metrics.json`` (run now, or from a finished run with the same settings); None if it failed,
         or, for a unit ``only`` leaves out (not ``selected``: its folder is left as it is), if it has not finished."""
         if not selected:
-            stamp = folder / UNIT_SETTINGS
-            same = stamp.is_file() and json.loads(stamp.read_text())["key"] == settings_key(settings)
-            finished = same and (folder / "metrics.json").is_file()
+            finished = unit_matches(folder, settings) and (folder / "metrics.json").is_file()
             return json.loads((folder / "metrics.json").read_text()) if finished else None
         if claim_unit(folder, settings) and (folder / "metrics.json").is_file():
             log.info("pretrain-grid %s: finished before with the same settings", name)

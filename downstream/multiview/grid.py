@@ -19,7 +19,6 @@ import fnmatch
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from downstream.multiview.train import train
 from mvmlm.config import ConfigError, config_to_dict
 from mvmlm.evaluation import markdown_table
 from mvmlm.rundir import RunDir
-from mvmlm.sweep import claim_unit, file_digest, shaping_settings
+from mvmlm.sweep import claim_unit, file_digest, launch_processes, shaping_settings
 
 __all__ = ["main", "plan_runs", "run_settings", "results_table", "to_markdown", "run_grid"]
 
@@ -134,7 +133,7 @@ def run_settings(run_cfg: MultiviewConfig, table_digest: str) -> dict[str, Any]:
     (``table_digest``) and the number of processes (batch sizes are per process)."""
     settings = shaping_settings(config_to_dict(run_cfg))
     settings["data"]["table"] = table_digest
-    return {**settings, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    return {**settings, "processes": launch_processes()}
 
 
 def _finished(folder: Path, settings: dict[str, Any]) -> bool:
